@@ -1,0 +1,12 @@
+//! The flag-service schema, one migration per change, applied by `flag-service migrate` or at start.
+
+use sea_orm_migration::prelude::*;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![]
+    }
+}

@@ -1,0 +1,120 @@
+//! gateway: the one public entry point of cpis.
+//!
+//! It serves `cpis.gateway.v1` (ChildProtection, LocalAuthority, Audit, Administration):
+//! authenticate, ask access-service for a decision, fan out to flag-service and
+//! attendance-service in parallel, compose the answer. It owns no database; every
+//! cross-service step is orchestrated here (backends never call each other).
+
+mod backends;
+
+pub use backends::Backends;
+
+use clap::Args;
+use cpis_proto::gateway::administration_server::{Administration, AdministrationServer};
+use cpis_proto::gateway::audit_server::{Audit, AuditServer};
+use cpis_proto::gateway::child_protection_server::{ChildProtection, ChildProtectionServer};
+use cpis_proto::gateway::local_authority_server::{LocalAuthority, LocalAuthorityServer};
+use cpis_proto::service_names;
+use platform::config::{DatabaseArgs, LogArgs, ServeArgs};
+use platform::health::Readiness;
+use platform::runtime::Component;
+use platform::server::{self, Running, ServeConfig};
+use platform::shutdown::Shutdown;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tonic::service::Routes;
+
+pub const NAME: &str = "gateway";
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50051);
+
+/// The public services this process serves.
+pub const SERVICES: [&str; 4] = [
+    service_names::CHILD_PROTECTION,
+    service_names::LOCAL_AUTHORITY,
+    service_names::AUDIT,
+    service_names::ADMINISTRATION,
+];
+
+#[derive(Args, Debug, Clone)]
+pub struct GatewayArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+
+    /// flag-service URL (`https://` with mTLS in production).
+    #[arg(long, env = "CPIS_FLAG_URL", default_value = "http://127.0.0.1:50061")]
+    pub flag_url: String,
+
+    /// attendance-service URL.
+    #[arg(long, env = "CPIS_ATTENDANCE_URL", default_value = "http://127.0.0.1:50062")]
+    pub attendance_url: String,
+
+    /// access-service URL.
+    #[arg(long, env = "CPIS_ACCESS_URL", default_value = "http://127.0.0.1:50063")]
+    pub access_url: String,
+
+    /// JSON Web Key Set whose keys sign user tokens (re-read when it changes).
+    #[arg(long, env = "CPIS_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+
+    /// The `iss` every user token must carry.
+    #[arg(long, env = "CPIS_TOKEN_ISSUER", default_value = "cpis-dev")]
+    pub token_issuer: String,
+
+    /// The `aud` every user token must carry.
+    #[arg(long, env = "CPIS_TOKEN_AUDIENCE", default_value = "cpis")]
+    pub token_audience: String,
+}
+
+/// The public API; each call answers `UNIMPLEMENTED` until its handler is written.
+#[derive(Clone)]
+pub struct PublicApi {
+    #[allow(dead_code)]
+    backends: Backends,
+    #[allow(dead_code)]
+    readiness: Readiness,
+}
+
+impl ChildProtection for PublicApi {}
+impl LocalAuthority for PublicApi {}
+impl Audit for PublicApi {}
+impl Administration for PublicApi {}
+
+pub struct Gateway;
+
+impl Component for Gateway {
+    const NAME: &'static str = NAME;
+    const ABOUT: &'static str = "The public cpis API: authenticates, decides through access-service, composes the registries' answers";
+    type Args = GatewayArgs;
+
+    async fn start(args: GatewayArgs, shutdown: Shutdown) -> platform::Result<Running> {
+        let backends = Backends::connect(&args.flag_url, &args.attendance_url, &args.access_url)?;
+        let readiness = Readiness::new(tonic_health::server::HealthReporter::new(), &SERVICES).await;
+        tokio::spawn(backends::watch(backends.clone(), readiness.clone(), shutdown.clone()));
+
+        let api = PublicApi { backends, readiness: readiness.clone() };
+        let routes = Routes::new(ChildProtectionServer::new(api.clone()))
+            .add_service(LocalAuthorityServer::new(api.clone()))
+            .add_service(AuditServer::new(api.clone()))
+            .add_service(AdministrationServer::new(api));
+
+        let listen = args.serve.listen.unwrap_or(DEFAULT_LISTEN);
+        let listener = server::bind(listen).await?;
+        let config = ServeConfig {
+            name: NAME,
+            services: SERVICES.to_vec(),
+            grace: args.serve.grace(),
+            tls: platform::tls::server_config(&args.serve.tls)?,
+            health_listen: args.serve.health_listen,
+        };
+        server::spawn(config, listener, routes, readiness, shutdown).await
+    }
+
+    async fn migrate(_: DatabaseArgs) -> platform::Result<()> {
+        tracing::info!("the gateway owns no database: nothing to migrate");
+        Ok(())
+    }
+
+    fn log_args(args: &GatewayArgs) -> &LogArgs {
+        &args.serve.log
+    }
+}

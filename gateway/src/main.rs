@@ -1,0 +1,5 @@
+//! The `gateway` binary.
+
+fn main() -> std::process::ExitCode {
+    platform::runtime::main::<gateway::Gateway>()
+}

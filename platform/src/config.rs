@@ -1,0 +1,128 @@
+//! Configuration shared by every service: clap flags with the same environment fallbacks
+//! everywhere (ARCHITECTURE.md "Storage, configuration, modes").
+
+use clap::{Args, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Whether a service runs its database migrations when it starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MigrateMode {
+    /// Run pending migrations at start, under a lock (the default; safe with replicas).
+    Auto,
+    /// Never migrate at start: the Kubernetes migration Job does it (`<service> migrate`).
+    Off,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where a service keeps its state.
+#[derive(Args, Debug, Clone)]
+pub struct DatabaseArgs {
+    /// Directory for local state: the SQLite database when no URL is given, development keys.
+    #[arg(long, env = "CPIS_DATA_DIR", default_value = "./cpis-data")]
+    pub data_dir: PathBuf,
+
+    /// Database URL (`postgres://user@host/db` or `sqlite://path?mode=rwc`); default: a
+    /// SQLite file named after the service under the data directory.
+    #[arg(long, env = "CPIS_DATABASE_URL")]
+    pub database_url: Option<String>,
+}
+
+/// Transport security; every path is a PEM file, re-read when it changes.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TlsArgs {
+    /// This server's certificate chain (PEM). With `--tls-key`, the server speaks TLS.
+    #[arg(long, env = "CPIS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// This server's private key (PEM).
+    #[arg(long, env = "CPIS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA bundle that clients of this server must present certificates from (mTLS).
+    #[arg(long, env = "CPIS_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// CA bundle of our own services, trusted when calling them.
+    #[arg(long, env = "CPIS_TLS_INTERNAL_CA")]
+    pub tls_internal_ca: Option<PathBuf>,
+}
+
+/// Everything a backend or the gateway needs to serve.
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// gRPC listen address (default: the service's own port on 127.0.0.1).
+    #[arg(long, env = "CPIS_LISTEN")]
+    pub listen: Option<SocketAddr>,
+
+    /// Plaintext `grpc.health.v1` listener for kubelet probes (optional; health is also
+    /// served on the main listener).
+    #[arg(long, env = "CPIS_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
+
+    /// Prometheus metrics listener (optional).
+    #[arg(long, env = "CPIS_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Redis URL (`redis://host:6379`) for the shared cache; without it, no shared cache.
+    #[arg(long, env = "CPIS_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
+
+    /// Run database migrations at start (`auto`) or leave them to `<service> migrate` (`off`).
+    #[arg(long, env = "CPIS_MIGRATE", value_enum, default_value_t = MigrateMode::Auto)]
+    pub migrate: MigrateMode,
+
+    /// Trust forwarded identities from loopback peers without mTLS (development only): the
+    /// service then binds to loopback only and warns at start.
+    #[arg(long, env = "CPIS_INSECURE_INTERNAL")]
+    pub insecure_internal: bool,
+
+    /// Seconds to let unary calls in flight finish after SIGTERM.
+    #[arg(long, env = "CPIS_GRACE_PERIOD", default_value_t = 20)]
+    pub grace_period: u64,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LogArgs {
+    /// Log line format.
+    #[arg(long, env = "CPIS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl ServeArgs {
+    pub fn grace(&self) -> Duration {
+        Duration::from_secs(self.grace_period)
+    }
+
+    /// Arguments for a component started inside another process (`cpis dev`, tests): no
+    /// environment is read, state lives under `data_dir`.
+    pub fn embedded(data_dir: PathBuf) -> Self {
+        ServeArgs {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            health_listen: None,
+            metrics_listen: None,
+            database: DatabaseArgs { data_dir, database_url: None },
+            redis_url: None,
+            tls: TlsArgs::default(),
+            migrate: MigrateMode::Auto,
+            insecure_internal: true,
+            grace_period: 5,
+            log: LogArgs { log_format: LogFormat::Text },
+        }
+    }
+}

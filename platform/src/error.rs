@@ -1,0 +1,305 @@
+//! The one error type of cpis and the one place it becomes a `tonic::Status`.
+//!
+//! Each service keeps its own error enum and converts it into [`Error`]; only this module
+//! knows gRPC codes and `google.rpc` details (AIP-193). Internal faults never reach a caller
+//! as raw text: they are logged here with a reference the caller is given instead.
+
+use crate::domain::{self, DenyReason, FlagType, NhsNumber, OdsCode, SettingType};
+use std::time::Duration;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The `google.rpc.ErrorInfo` domain of every cpis refusal.
+pub const ERROR_DOMAIN: &str = "cpis";
+
+/// How long a client should wait before retrying an unavailable dependency.
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// One problem with one request field, named by its proto path (`setting.ods_code`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad input: nothing was written.
+    #[error("invalid argument: {}", describe(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// Access refused by a decision; the reason is stable and machine-readable.
+    #[error("permission denied: {reason}")]
+    PermissionDenied { reason: DenyReason, message: String },
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
+    /// A dependency (database, cache, backend) cannot answer now; the caller may retry.
+    #[error("{dependency} unavailable")]
+    Unavailable { dependency: String, retry_after: Duration },
+    /// Load shed or a limit reached.
+    #[error("resource exhausted: {0}")]
+    ResourceExhausted(String),
+    /// The caller's deadline passed.
+    #[error("deadline exceeded")]
+    DeadlineExceeded,
+    /// A bug or an unexpected fault; the text is logged, never sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// A status already shaped by another cpis service, passed through unchanged.
+    #[error("{}", .0.message())]
+    Upstream(Status),
+}
+
+fn describe(violations: &[FieldViolation]) -> String {
+    violations.iter().map(|v| format!("{} {}", v.field, v.description)).collect::<Vec<_>>().join("; ")
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Error::InvalidArgument(vec![FieldViolation { field: field.into(), description: description.into() }])
+    }
+
+    pub fn unavailable(dependency: impl Into<String>) -> Self {
+        Error::Unavailable { dependency: dependency.into(), retry_after: DEFAULT_RETRY_AFTER }
+    }
+
+    pub fn internal(context: impl std::fmt::Display) -> Self {
+        Error::Internal(context.to_string())
+    }
+
+    pub fn denied(reason: DenyReason) -> Self {
+        let message = match reason {
+            DenyReason::MissingActivity => "the caller's role does not hold the activity this call needs",
+            DenyReason::OrganisationNotOnboarded => {
+                "the caller's organisation is not onboarded to cpis for this kind of call"
+            }
+            DenyReason::SettingNotInOrganisation => "the setting is not part of the caller's organisation",
+        };
+        Error::PermissionDenied { reason, message: message.to_owned() }
+    }
+
+    /// The gRPC code this error answers with.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::PermissionDenied { .. } => Code::PermissionDenied,
+            Error::NotFound(_) => Code::NotFound,
+            Error::AlreadyExists(_) => Code::AlreadyExists,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::Unavailable { .. } => Code::Unavailable,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::DeadlineExceeded => Code::DeadlineExceeded,
+            Error::Internal(_) => Code::Internal,
+            Error::Upstream(s) => s.code(),
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Status {
+        match error {
+            Error::InvalidArgument(violations) => {
+                let message = format!("invalid request: {}", describe(&violations));
+                let details = ErrorDetails::with_bad_request(
+                    violations
+                        .into_iter()
+                        .map(|v| tonic_types::FieldViolation::new(v.field, v.description))
+                        .collect::<Vec<_>>(),
+                );
+                Status::with_error_details(Code::InvalidArgument, message, details)
+            }
+            Error::Unauthenticated(message) => Status::unauthenticated(message),
+            Error::PermissionDenied { reason, message } => Status::with_error_details(
+                Code::PermissionDenied,
+                message,
+                ErrorDetails::with_error_info(reason.as_str(), ERROR_DOMAIN, std::collections::HashMap::<String, String>::new()),
+            ),
+            Error::NotFound(message) => Status::not_found(message),
+            Error::AlreadyExists(message) => Status::already_exists(message),
+            Error::FailedPrecondition(message) => Status::failed_precondition(message),
+            Error::Unavailable { dependency, retry_after } => Status::with_error_details(
+                Code::Unavailable,
+                format!("{dependency} is unavailable; retry later"),
+                ErrorDetails::with_retry_info(Some(retry_after)),
+            ),
+            Error::ResourceExhausted(message) => Status::resource_exhausted(message),
+            Error::DeadlineExceeded => Status::deadline_exceeded("the deadline passed before an answer"),
+            Error::Internal(text) => {
+                let reference = uuid_like_reference();
+                tracing::error!(reference = %reference, error = %text, "internal error");
+                Status::internal(format!("internal error (reference {reference})"))
+            }
+            Error::Upstream(status) => status,
+        }
+    }
+}
+
+/// A short reference tying a caller's report to the log line, without revealing anything.
+fn uuid_like_reference() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    format!("{:x}-{:x}", now.as_millis(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+impl From<sea_orm::DbErr> for Error {
+    fn from(e: sea_orm::DbErr) -> Self {
+        use sea_orm::DbErr;
+        match e {
+            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => Error::unavailable("database"),
+            other => {
+                // sqlx wraps I/O failures (a dropped connection) as query errors.
+                let text = other.to_string();
+                if text.contains("Connection refused")
+                    || text.contains("connection reset")
+                    || text.contains("broken pipe")
+                    || text.contains("pool timed out")
+                    || text.contains("error communicating with database")
+                {
+                    Error::unavailable("database")
+                } else {
+                    Error::Internal(text)
+                }
+            }
+        }
+    }
+}
+
+impl From<sea_orm::TransactionError<Error>> for Error {
+    fn from(e: sea_orm::TransactionError<Error>) -> Self {
+        match e {
+            sea_orm::TransactionError::Connection(db) => db.into(),
+            sea_orm::TransactionError::Transaction(e) => e,
+        }
+    }
+}
+
+impl From<redis::RedisError> for Error {
+    fn from(e: redis::RedisError) -> Self {
+        if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
+            Error::unavailable("cache")
+        } else {
+            Error::Internal(format!("redis: {e}"))
+        }
+    }
+}
+
+/// Collects every problem of a request before answering, so an integrator sees them all at
+/// once. Each parser returns `None` on failure and records a violation for its field.
+#[derive(Debug, Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation { field: field.into(), description: description.into() });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn nhs_number(&mut self, field: &str, value: &str) -> Option<NhsNumber> {
+        NhsNumber::parse(value).map_err(|e| self.add(field, e.to_string())).ok()
+    }
+
+    pub fn ods_code(&mut self, field: &str, value: &str) -> Option<OdsCode> {
+        OdsCode::parse(value).map_err(|e| self.add(field, e.to_string())).ok()
+    }
+
+    pub fn flag_type(&mut self, field: &str, value: i32) -> Option<FlagType> {
+        let parsed = FlagType::from_wire(value);
+        if parsed.is_none() {
+            self.add(field, "must be FLAG_TYPE_CPP, FLAG_TYPE_LAC or FLAG_TYPE_UCPP");
+        }
+        parsed
+    }
+
+    pub fn setting_type(&mut self, field: &str, value: i32) -> Option<SettingType> {
+        let parsed = SettingType::from_wire(value);
+        if parsed.is_none() {
+            self.add(field, "must be one of the SETTING_TYPE_ values other than SETTING_TYPE_UNSPECIFIED");
+        }
+        parsed
+    }
+
+    pub fn access_kind(&mut self, field: &str, value: i32) -> Option<domain::AccessKind> {
+        let parsed = domain::AccessKind::from_wire(value);
+        if parsed.is_none() {
+            self.add(field, "must be ACCESS_KIND_UNSCHEDULED or ACCESS_KIND_SCHEDULED");
+        }
+        parsed
+    }
+
+    pub fn date(&mut self, field: &str, value: &str) -> Option<chrono::NaiveDate> {
+        domain::parse_date(value).map_err(|e| self.add(field, e.to_string())).ok()
+    }
+
+    /// `Some(None)` for an empty (absent) date, `None` when malformed.
+    pub fn optional_date(&mut self, field: &str, value: &str) -> Option<Option<chrono::NaiveDate>> {
+        domain::parse_optional_date(value).map_err(|e| self.add(field, e.to_string())).ok()
+    }
+
+    pub fn max_len(&mut self, field: &str, value: &str, max: usize) {
+        if value.len() > max {
+            self.add(field, format!("must be at most {max} bytes"));
+        }
+    }
+
+    /// `Ok` when nothing was wrong; otherwise every violation in one `INVALID_ARGUMENT`.
+    pub fn finish(self) -> Result<()> {
+        if self.0.is_empty() { Ok(()) } else { Err(Error::InvalidArgument(self.0)) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_argument_carries_bad_request_field_violations() {
+        let mut v = Violations::new();
+        v.nhs_number("nhs_number", "123");
+        v.setting_type("setting.setting_type", 0);
+        let status: Status = v.finish().unwrap_err().into();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let bad = status.get_details_bad_request().expect("BadRequest");
+        let fields: Vec<_> = bad.field_violations.iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(fields, ["nhs_number", "setting.setting_type"]);
+    }
+
+    #[test]
+    fn permission_denied_carries_error_info_with_the_reason() {
+        let status: Status = Error::denied(DenyReason::SettingNotInOrganisation).into();
+        assert_eq!(status.code(), Code::PermissionDenied);
+        let info = status.get_details_error_info().expect("ErrorInfo");
+        assert_eq!(info.reason, "SETTING_NOT_IN_ORGANISATION");
+        assert_eq!(info.domain, "cpis");
+    }
+
+    #[test]
+    fn unavailable_carries_retry_info() {
+        let status: Status = Error::unavailable("flag registry").into();
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(status.get_details_retry_info().and_then(|r| r.retry_delay), Some(DEFAULT_RETRY_AFTER));
+    }
+
+    #[test]
+    fn internal_errors_never_leak_their_text() {
+        let status: Status = Error::internal("duplicate key value violates unique constraint \"secret\"").into();
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("secret"));
+        assert!(status.message().contains("reference"));
+    }
+}

@@ -1,0 +1,23 @@
+//! What every cpis service shares, so each concern is done one way: configuration
+//! ([`config`]), validated domain types ([`domain`]), the one error type and its mapping to
+//! gRPC statuses ([`error`]), the database and its migrations ([`database`]), the optional
+//! Redis cache ([`cache`]), health ([`health`]), serving with reflection and graceful stop
+//! ([`server`]), shutdown ([`shutdown`]), the principal the gateway forwards ([`principal`])
+//! and logging ([`telemetry`]).
+//!
+//! This crate knows no service: services depend on it, never the reverse.
+
+pub mod cache;
+pub mod config;
+pub mod database;
+pub mod domain;
+pub mod error;
+pub mod health;
+pub mod principal;
+pub mod runtime;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;
+pub mod tls;
+
+pub use error::{Error, Result};

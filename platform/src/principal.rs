@@ -1,0 +1,81 @@
+//! The verified caller, as the gateway forwards it to the backends: a serialized
+//! `cpis.access.v1.Principal` in the binary metadata entry `cpis-principal-bin`.
+//!
+//! A backend believes that entry only from a peer it trusts to be the gateway. Until mTLS is
+//! configured that is a loopback peer under `--insecure-internal` (development only).
+
+use crate::error::{Error, Result};
+use cpis_proto::access::Principal;
+use prost::Message;
+use tonic::Request;
+use tonic::metadata::{BinaryMetadataValue, MetadataMap};
+
+pub const METADATA_KEY: &str = "cpis-principal-bin";
+
+/// Which peers may forward a principal.
+#[derive(Clone, Debug)]
+pub enum PeerTrust {
+    /// `--insecure-internal`: loopback peers are trusted, nothing else.
+    Loopback,
+}
+
+/// Attaches the principal to an outgoing backend call.
+pub fn attach(metadata: &mut MetadataMap, principal: &Principal) {
+    metadata.insert_bin(METADATA_KEY, BinaryMetadataValue::from_bytes(&principal.encode_to_vec()));
+}
+
+/// The forwarded principal of an incoming call, if its peer may forward one.
+pub fn from_request<T>(request: &Request<T>, trust: &PeerTrust) -> Result<Principal> {
+    let trusted = match trust {
+        PeerTrust::Loopback => request.remote_addr().is_some_and(|a| a.ip().is_loopback()),
+    };
+    if !trusted {
+        return Err(Error::Unauthenticated("only the gateway may call this service".into()));
+    }
+    let value = request
+        .metadata()
+        .get_bin(METADATA_KEY)
+        .ok_or_else(|| Error::Unauthenticated("no forwarded principal".into()))?;
+    let bytes = value.to_bytes().map_err(|_| Error::Unauthenticated("malformed forwarded principal".into()))?;
+    let principal =
+        Principal::decode(bytes.as_ref()).map_err(|_| Error::Unauthenticated("malformed forwarded principal".into()))?;
+    if principal.user_id.is_empty() == principal.system_san.is_empty() {
+        return Err(Error::Unauthenticated("a principal is either a user or a system".into()));
+    }
+    Ok(principal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn user() -> Principal {
+        Principal {
+            user_id: "u1".into(),
+            ods_code: "RQX".into(),
+            role_code: "R8000".into(),
+            activities: vec!["B0107".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn round_trips_through_metadata() {
+        let mut request = Request::new(());
+        attach(request.metadata_mut(), &user());
+        let md = request.metadata().clone();
+        // A request built by hand has no peer address: not trusted.
+        let untrusted = from_request(&request, &PeerTrust::Loopback);
+        assert!(untrusted.is_err());
+        let bytes = md.get_bin(METADATA_KEY).unwrap().to_bytes().unwrap();
+        assert_eq!(Principal::decode(bytes.as_ref()).unwrap(), user());
+    }
+
+    #[test]
+    fn loopback_trust_needs_a_loopback_peer() {
+        let _ = SocketAddr::from(([127, 0, 0, 1], 1));
+        let request = Request::new(());
+        assert!(matches!(from_request(&request, &PeerTrust::Loopback), Err(Error::Unauthenticated(_))));
+    }
+}

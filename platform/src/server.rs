@@ -1,0 +1,124 @@
+//! Serving, one way for every service: its own gRPC services plus health and reflection (v1
+//! and v1alpha), optional TLS, an optional plaintext health port for kubelet probes, and a
+//! graceful stop bounded by the grace period.
+
+use crate::error::{Error, Result};
+use crate::health::Readiness;
+use crate::shutdown::Shutdown;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic::transport::{Server, ServerTlsConfig};
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::HealthService;
+
+/// What one process serves.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// The binary's name, for logs (`flag-service`).
+    pub name: &'static str,
+    /// Fully qualified gRPC service names: health reports them, reflection lists them.
+    pub services: Vec<&'static str>,
+    pub grace: Duration,
+    pub tls: Option<ServerTlsConfig>,
+    pub health_listen: Option<SocketAddr>,
+}
+
+/// A server running in the background.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub task: JoinHandle<Result<()>>,
+}
+
+impl Running {
+    /// Waits for the server to stop (after its shutdown fired and the drain ended).
+    pub async fn wait(self) -> Result<()> {
+        self.task.await.map_err(|e| Error::internal(format!("server task: {e}")))?
+    }
+}
+
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| Error::internal(format!("cannot listen on {addr}: {e}")))
+}
+
+/// Adds reflection (v1 and v1alpha), listing only what this process serves.
+fn with_reflection(routes: Routes, services: &[&'static str]) -> Result<Routes> {
+    let configure = || {
+        let mut builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(cpis_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+        for s in services {
+            builder = builder.with_service_name(*s);
+        }
+        builder
+    };
+    let v1 = configure().build_v1().map_err(|e| Error::internal(format!("reflection: {e}")))?;
+    let v1alpha = configure().build_v1alpha().map_err(|e| Error::internal(format!("reflection: {e}")))?;
+    Ok(routes.add_service(v1).add_service(v1alpha))
+}
+
+/// Starts serving `routes` (plus health and reflection) on `listener` until `shutdown` fires;
+/// then reports `NOT_SERVING`, stops accepting, lets calls in flight finish for the grace
+/// period and drops whatever is left.
+pub async fn spawn(
+    config: ServeConfig,
+    listener: TcpListener,
+    routes: Routes,
+    readiness: Readiness,
+    shutdown: Shutdown,
+) -> Result<Running> {
+    let addr = listener.local_addr().map_err(|e| Error::internal(format!("listener address: {e}")))?;
+    let health = HealthServer::new(HealthService::from_health_reporter(readiness.reporter()));
+    let all = with_reflection(routes.add_service(health.clone()), &config.services)?;
+
+    let mut builder = Server::builder();
+    if let Some(tls) = config.tls.clone() {
+        builder = builder.tls_config(tls).map_err(|e| Error::internal(format!("TLS configuration: {e}")))?;
+    }
+    let router = builder.add_routes(all);
+
+    if let Some(health_addr) = config.health_listen {
+        let health_listener = bind(health_addr).await?;
+        let health_shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let served = Server::builder()
+                .add_service(health)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(health_listener), health_shutdown.wait())
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "health listener stopped");
+            }
+        });
+    }
+
+    tracing::info!(service = config.name, %addr, tls = config.tls.is_some(), "serving");
+    let name = config.name;
+    let grace = config.grace;
+    let task = tokio::spawn(async move {
+        let stop_accepting = {
+            let shutdown = shutdown.clone();
+            let readiness = readiness.clone();
+            async move {
+                shutdown.wait().await;
+                readiness.stopping().await;
+                tracing::info!(service = name, "not serving; draining calls in flight");
+            }
+        };
+        let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop_accepting);
+        tokio::pin!(serve);
+        tokio::select! {
+            result = &mut serve => result.map_err(|e| Error::internal(format!("server: {e}"))),
+            _ = async { shutdown.wait().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(service = name, "grace period over; closing the connections left");
+                Ok(())
+            }
+        }
+    });
+    Ok(Running { addr, task })
+}
