@@ -18,7 +18,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     cargo build --release --locked \
-        -p gateway -p flag-service -p attendance-service -p access-service -p cli \
+        -p gateway -p flag-service -p attendance-service -p access-service -p cpis-cli \
     && mkdir -p /out \
     && cp target/release/gateway target/release/flag-service target/release/attendance-service \
           target/release/access-service target/release/cpis /out/

@@ -14,7 +14,8 @@ use std::net::SocketAddr;
 use tonic::service::Routes;
 
 pub const NAME: &str = "access-service";
-pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50063);
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50063);
 
 /// The gRPC handlers; each answers `UNIMPLEMENTED` until written.
 #[derive(Clone)]
@@ -41,7 +42,11 @@ impl Component for AccessService {
         };
         backend
             .start(&args, shutdown, |context| {
-                Routes::new(cpis_proto::access::access_control_server::AccessControlServer::new(Handlers { context }))
+                Routes::new(
+                    cpis_proto::access::access_control_server::AccessControlServer::new(Handlers {
+                        context,
+                    }),
+                )
             })
             .await
     }

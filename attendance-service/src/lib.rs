@@ -14,7 +14,8 @@ use std::net::SocketAddr;
 use tonic::service::Routes;
 
 pub const NAME: &str = "attendance-service";
-pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50062);
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50062);
 
 /// The gRPC handlers; each answers `UNIMPLEMENTED` until written.
 #[derive(Clone)]
@@ -29,7 +30,8 @@ pub struct AttendanceService;
 
 impl Component for AttendanceService {
     const NAME: &'static str = NAME;
-    const ABOUT: &'static str = "The unscheduled-care attendance log: recording and summarising attendances";
+    const ABOUT: &'static str =
+        "The unscheduled-care attendance log: recording and summarising attendances";
     type Args = ServeArgs;
 
     async fn start(args: ServeArgs, shutdown: Shutdown) -> platform::Result<Running> {
@@ -41,7 +43,11 @@ impl Component for AttendanceService {
         };
         backend
             .start(&args, shutdown, |context| {
-                Routes::new(cpis_proto::attendance::attendance_log_server::AttendanceLogServer::new(Handlers { context }))
+                Routes::new(
+                    cpis_proto::attendance::attendance_log_server::AttendanceLogServer::new(
+                        Handlers { context },
+                    ),
+                )
             })
             .await
     }

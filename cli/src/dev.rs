@@ -43,18 +43,26 @@ pub async fn start(args: &DevArgs, shutdown: Shutdown) -> Result<DevSystem> {
     if args.demo {
         bail!("--demo needs the demo dataset loader, which is not built yet");
     }
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let keys = devkeys::ensure(&args.data_dir)?;
     let backend_args = ServeArgs::embedded(args.data_dir.clone());
 
-    let access = access_service::AccessService::start(backend_args.clone(), shutdown.clone()).await?;
+    let access =
+        access_service::AccessService::start(backend_args.clone(), shutdown.clone()).await?;
     let flag = flag_service::FlagService::start(backend_args.clone(), shutdown.clone()).await?;
-    let attendance = attendance_service::AttendanceService::start(backend_args.clone(), shutdown.clone()).await?;
+    let attendance =
+        attendance_service::AttendanceService::start(backend_args.clone(), shutdown.clone())
+            .await?;
 
     let mut gateway_serve = ServeArgs::embedded(args.data_dir.clone());
     gateway_serve.listen = Some(args.listen);
     gateway_serve.insecure_internal = false;
-    gateway_serve.tls = TlsArgs { tls_cert: args.tls_cert.clone(), tls_key: args.tls_key.clone(), ..TlsArgs::default() };
+    gateway_serve.tls = TlsArgs {
+        tls_cert: args.tls_cert.clone(),
+        tls_key: args.tls_key.clone(),
+        ..TlsArgs::default()
+    };
     let gateway_args = GatewayArgs {
         serve: gateway_serve,
         flag_url: format!("http://{}", flag.addr),
@@ -69,7 +77,12 @@ pub async fn start(args: &DevArgs, shutdown: Shutdown) -> Result<DevSystem> {
         .with_context(|| format!("starting the gateway on {}", args.listen))?;
     Ok(DevSystem {
         gateway_addr: gateway.addr,
-        components: vec![("gateway", gateway), ("access-service", access), ("flag-service", flag), ("attendance-service", attendance)],
+        components: vec![
+            ("gateway", gateway),
+            ("access-service", access),
+            ("flag-service", flag),
+            ("attendance-service", attendance),
+        ],
     })
 }
 
@@ -77,7 +90,11 @@ pub async fn run(args: DevArgs) -> Result<()> {
     platform::telemetry::init(platform::config::LogFormat::Text);
     let shutdown = Shutdown::on_signals();
     let system = start(&args, shutdown).await?;
-    let scheme = if args.tls_cert.is_some() { "https" } else { "http" };
+    let scheme = if args.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let data_dir = args.data_dir.display();
     eprintln!(
         "\ncpis dev: gateway on {scheme}://{addr} (state in {data_dir}); Ctrl-C stops.\n\
@@ -91,5 +108,9 @@ pub async fn run(args: DevArgs) -> Result<()> {
             failed = true;
         }
     }
-    if failed { bail!("a component stopped with an error") } else { Ok(()) }
+    if failed {
+        bail!("a component stopped with an error")
+    } else {
+        Ok(())
+    }
 }

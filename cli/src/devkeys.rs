@@ -26,7 +26,8 @@ pub fn jwks_path(data_dir: &Path) -> PathBuf {
 
 /// Loads the key from `data_dir`, creating it (and the JWKS beside it) on first use.
 pub fn ensure(data_dir: &Path) -> Result<DevKeys> {
-    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
     let key_path = data_dir.join(KEY_FILE);
     if !key_path.exists() {
         let document = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
@@ -34,7 +35,8 @@ pub fn ensure(data_dir: &Path) -> Result<DevKeys> {
         write_private(&key_path, &pem_encode(document.as_ref()))?;
     }
     let keys = load(data_dir)?;
-    let pair = Ed25519KeyPair::from_pkcs8(&keys.pkcs8).map_err(|_| anyhow::anyhow!("{} is not an Ed25519 key", key_path.display()))?;
+    let pair = Ed25519KeyPair::from_pkcs8(&keys.pkcs8)
+        .map_err(|_| anyhow::anyhow!("{} is not an Ed25519 key", key_path.display()))?;
     let jwks = serde_json::json!({
         "keys": [{
             "kty": "OKP",
@@ -54,19 +56,42 @@ pub fn ensure(data_dir: &Path) -> Result<DevKeys> {
 pub fn load(data_dir: &Path) -> Result<DevKeys> {
     let key_path = data_dir.join(KEY_FILE);
     let pem = std::fs::read_to_string(&key_path).with_context(|| {
-        format!("no development key at {} (run `cpis dev --data-dir {}` once to create it)", key_path.display(), data_dir.display())
+        format!(
+            "no development key at {} (run `cpis dev --data-dir {}` once to create it)",
+            key_path.display(),
+            data_dir.display()
+        )
     })?;
-    let pkcs8 = pem_decode(&pem).with_context(|| format!("{} is not a PEM private key", key_path.display()))?;
-    let pair = Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|_| anyhow::anyhow!("{} is not an Ed25519 key", key_path.display()))?;
+    let pkcs8 = pem_decode(&pem)
+        .with_context(|| format!("{} is not a PEM private key", key_path.display()))?;
+    let pair = Ed25519KeyPair::from_pkcs8(&pkcs8)
+        .map_err(|_| anyhow::anyhow!("{} is not an Ed25519 key", key_path.display()))?;
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, pair.public_key().as_ref());
-    let key_id = format!("dev-{}", digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect::<String>());
-    Ok(DevKeys { pkcs8, key_id, jwks_path: jwks_path(data_dir) })
+    let key_id = format!(
+        "dev-{}",
+        digest.as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    Ok(DevKeys {
+        pkcs8,
+        key_id,
+        jwks_path: jwks_path(data_dir),
+    })
 }
 
 fn pem_encode(der: &[u8]) -> String {
     let body = STANDARD.encode(der);
-    let lines: Vec<&str> = body.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap_or_default()).collect();
-    format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", lines.join("\n"))
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap_or_default())
+        .collect();
+    format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        lines.join("\n")
+    )
 }
 
 fn pem_decode(pem: &str) -> Result<Vec<u8>> {
@@ -83,7 +108,9 @@ fn write_private(path: &Path, contents: &str) -> Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options.open(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
     file.write_all(contents.as_bytes())?;
     Ok(())
 }
@@ -99,7 +126,8 @@ mod tests {
         let again = ensure(dir.path()).unwrap();
         assert_eq!(first.pkcs8, again.pkcs8);
         assert_eq!(first.key_id, again.key_id);
-        let jwks: serde_json::Value = serde_json::from_slice(&std::fs::read(&first.jwks_path).unwrap()).unwrap();
+        let jwks: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&first.jwks_path).unwrap()).unwrap();
         assert_eq!(jwks["keys"][0]["kid"], first.key_id.as_str());
     }
 }

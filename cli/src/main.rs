@@ -5,7 +5,11 @@ use cpis_cli::{dev, token};
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "cpis", version, about = "Child protection information sharing: run it, and call it")]
+#[command(
+    name = "cpis",
+    version,
+    about = "Child protection information sharing: run it, and call it"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

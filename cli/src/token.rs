@@ -49,7 +49,9 @@ pub fn parse_ttl(input: &str) -> Result<Duration, String> {
     let input = input.trim();
     let split = input.len().saturating_sub(1);
     let (number, unit) = input.split_at(split);
-    let n: u64 = number.parse().map_err(|_| format!("{input:?}: expected a number followed by s, m, h or d"))?;
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{input:?}: expected a number followed by s, m, h or d"))?;
     let seconds = match unit {
         "s" => n,
         "m" => n * 60,
@@ -83,7 +85,8 @@ pub fn mint(args: &TokenArgs) -> Result<String> {
     };
     let mut header = Header::new(Algorithm::EdDSA);
     header.kid = Some(keys.key_id.clone());
-    jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ed_der(&keys.pkcs8)).context("signing the token")
+    jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ed_der(&keys.pkcs8))
+        .context("signing the token")
 }
 
 #[cfg(test)]
@@ -114,7 +117,8 @@ mod tests {
             data_dir: dir.path().to_owned(),
         };
         let token = mint(&args).unwrap();
-        let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_slice(&std::fs::read(keys.jwks_path).unwrap()).unwrap();
+        let jwks: jsonwebtoken::jwk::JwkSet =
+            serde_json::from_slice(&std::fs::read(keys.jwks_path).unwrap()).unwrap();
         let key = jsonwebtoken::DecodingKey::from_jwk(&jwks.keys[0]).unwrap();
         let mut validation = jsonwebtoken::Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[devkeys::ISSUER]);

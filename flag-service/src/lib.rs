@@ -14,7 +14,8 @@ use std::net::SocketAddr;
 use tonic::service::Routes;
 
 pub const NAME: &str = "flag-service";
-pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50061);
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50061);
 
 /// The gRPC handlers; each answers `UNIMPLEMENTED` until written.
 #[derive(Clone)]
@@ -41,7 +42,11 @@ impl Component for FlagService {
         };
         backend
             .start(&args, shutdown, |context| {
-                Routes::new(cpis_proto::flag::flag_registry_server::FlagRegistryServer::new(Handlers { context }))
+                Routes::new(
+                    cpis_proto::flag::flag_registry_server::FlagRegistryServer::new(Handlers {
+                        context,
+                    }),
+                )
             })
             .await
     }

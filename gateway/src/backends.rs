@@ -56,7 +56,9 @@ impl Backends {
 
 async fn serving(channel: &Channel) -> bool {
     let mut client = HealthClient::new(channel.clone());
-    let mut request = tonic::Request::new(HealthCheckRequest { service: String::new() });
+    let mut request = tonic::Request::new(HealthCheckRequest {
+        service: String::new(),
+    });
     request.set_timeout(Duration::from_secs(1));
     matches!(
         client.check(request).await.map(|r| r.into_inner().status()),
@@ -74,12 +76,20 @@ pub async fn watch(backends: Backends, readiness: Readiness, shutdown: Shutdown)
             if ready {
                 tracing::info!("access-service and flag-service answer: serving");
             } else {
-                tracing::warn!(access, flag, "a required backend is not serving: NOT_SERVING");
+                tracing::warn!(
+                    access,
+                    flag,
+                    "a required backend is not serving: NOT_SERVING"
+                );
             }
             was = Some(ready);
         }
         readiness.set_dependency_ready(ready).await;
-        let pause = if ready { Duration::from_secs(2) } else { Duration::from_millis(300) };
+        let pause = if ready {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_millis(300)
+        };
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             _ = shutdown.wait() => return,

@@ -25,7 +25,8 @@ use std::path::PathBuf;
 use tonic::service::Routes;
 
 pub const NAME: &str = "gateway";
-pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50051);
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50051);
 
 /// The public services this process serves.
 pub const SERVICES: [&str; 4] = [
@@ -45,11 +46,19 @@ pub struct GatewayArgs {
     pub flag_url: String,
 
     /// attendance-service URL.
-    #[arg(long, env = "CPIS_ATTENDANCE_URL", default_value = "http://127.0.0.1:50062")]
+    #[arg(
+        long,
+        env = "CPIS_ATTENDANCE_URL",
+        default_value = "http://127.0.0.1:50062"
+    )]
     pub attendance_url: String,
 
     /// access-service URL.
-    #[arg(long, env = "CPIS_ACCESS_URL", default_value = "http://127.0.0.1:50063")]
+    #[arg(
+        long,
+        env = "CPIS_ACCESS_URL",
+        default_value = "http://127.0.0.1:50063"
+    )]
     pub access_url: String,
 
     /// JSON Web Key Set whose keys sign user tokens (re-read when it changes).
@@ -88,10 +97,18 @@ impl Component for Gateway {
 
     async fn start(args: GatewayArgs, shutdown: Shutdown) -> platform::Result<Running> {
         let backends = Backends::connect(&args.flag_url, &args.attendance_url, &args.access_url)?;
-        let readiness = Readiness::new(tonic_health::server::HealthReporter::new(), &SERVICES).await;
-        tokio::spawn(backends::watch(backends.clone(), readiness.clone(), shutdown.clone()));
+        let readiness =
+            Readiness::new(tonic_health::server::HealthReporter::new(), &SERVICES).await;
+        tokio::spawn(backends::watch(
+            backends.clone(),
+            readiness.clone(),
+            shutdown.clone(),
+        ));
 
-        let api = PublicApi { backends, readiness: readiness.clone() };
+        let api = PublicApi {
+            backends,
+            readiness: readiness.clone(),
+        };
         let routes = Routes::new(ChildProtectionServer::new(api.clone()))
             .add_service(LocalAuthorityServer::new(api.clone()))
             .add_service(AuditServer::new(api.clone()))

@@ -8,10 +8,13 @@ use std::time::Duration;
 
 /// Connects lazily-tolerant: a Redis that is down at start is retried in the background.
 pub async fn connect(url: &str) -> Result<ConnectionManager> {
-    let client = redis::Client::open(url).map_err(|e| Error::internal(format!("redis URL: {e}")))?;
+    let client =
+        redis::Client::open(url).map_err(|e| Error::internal(format!("redis URL: {e}")))?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(2)))
         .set_number_of_retries(2);
-    ConnectionManager::new_with_config(client, config).await.map_err(Error::from)
+    ConnectionManager::new_with_config(client, config)
+        .await
+        .map_err(Error::from)
 }

@@ -116,13 +116,18 @@ impl ServeArgs {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             health_listen: None,
             metrics_listen: None,
-            database: DatabaseArgs { data_dir, database_url: None },
+            database: DatabaseArgs {
+                data_dir,
+                database_url: None,
+            },
             redis_url: None,
             tls: TlsArgs::default(),
             migrate: MigrateMode::Auto,
             insecure_internal: true,
             grace_period: 5,
-            log: LogArgs { log_format: LogFormat::Text },
+            log: LogArgs {
+                log_format: LogFormat::Text,
+            },
         }
     }
 }

@@ -6,7 +6,9 @@ use crate::error::{Error, Result};
 use crate::health::Readiness;
 use crate::shutdown::Shutdown;
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
+};
 use sea_orm_migration::MigratorTrait;
 use std::time::Duration;
 
@@ -15,8 +17,12 @@ pub fn database_url(args: &DatabaseArgs, service: &str) -> Result<String> {
     if let Some(url) = &args.database_url {
         return Ok(url.clone());
     }
-    std::fs::create_dir_all(&args.data_dir)
-        .map_err(|e| Error::internal(format!("cannot create data directory {}: {e}", args.data_dir.display())))?;
+    std::fs::create_dir_all(&args.data_dir).map_err(|e| {
+        Error::internal(format!(
+            "cannot create data directory {}: {e}",
+            args.data_dir.display()
+        ))
+    })?;
     let path = args.data_dir.join(format!("{service}.db"));
     Ok(format!("sqlite://{}?mode=rwc", path.display()))
 }
@@ -57,7 +63,9 @@ fn options(url: &str, max_connections: u32) -> ConnectOptions {
 /// A pool that connects on first use.
 pub async fn connect(url: &str) -> Result<DatabaseConnection> {
     let max = if url.starts_with("sqlite:") { 8 } else { 16 };
-    Database::connect(options(url, max)).await.map_err(|e| Error::internal(format!("database configuration: {e}")))
+    Database::connect(options(url, max))
+        .await
+        .map_err(|e| Error::internal(format!("database configuration: {e}")))
 }
 
 /// Runs pending migrations of `M` once, holding a PostgreSQL advisory lock (one migrator at a
@@ -69,11 +77,17 @@ pub async fn migrate<M: MigratorTrait>(url: &str, service: &str) -> Result<()> {
     let result = async {
         if conn.get_database_backend() == DbBackend::Postgres {
             let key = advisory_key(service);
-            conn.execute_raw(Statement::from_string(DbBackend::Postgres, format!("SELECT pg_advisory_lock({key})")))
-                .await?;
+            conn.execute_raw(Statement::from_string(
+                DbBackend::Postgres,
+                format!("SELECT pg_advisory_lock({key})"),
+            ))
+            .await?;
             let up = M::up(&conn, None).await;
             let unlock = conn
-                .execute_raw(Statement::from_string(DbBackend::Postgres, format!("SELECT pg_advisory_unlock({key})")))
+                .execute_raw(Statement::from_string(
+                    DbBackend::Postgres,
+                    format!("SELECT pg_advisory_unlock({key})"),
+                ))
                 .await;
             up?;
             unlock?;
@@ -126,7 +140,10 @@ pub async fn keep_ready<M: MigratorTrait>(
                     migrated = true;
                     tracing::info!(service, "database schema is current");
                 }
-                Ok(false) => note(&mut last_problem, "waiting for `migrate` to apply pending migrations"),
+                Ok(false) => note(
+                    &mut last_problem,
+                    "waiting for `migrate` to apply pending migrations",
+                ),
                 Err(e) => note(&mut last_problem, &format!("database not ready: {e}")),
             }
         }
@@ -139,7 +156,11 @@ pub async fn keep_ready<M: MigratorTrait>(
             last_problem.clear();
         }
         readiness.set_dependency_ready(answering).await;
-        let pause = if answering { Duration::from_secs(2) } else { Duration::from_millis(500) };
+        let pause = if answering {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_millis(500)
+        };
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             _ = shutdown.wait() => return,
@@ -161,8 +182,14 @@ mod tests {
 
     #[test]
     fn redacts_passwords_in_urls() {
-        assert_eq!(redact_url("postgres://cpis:s3cret@db:5432/flags"), "postgres://cpis:***@db:5432/flags");
-        assert_eq!(redact_url("sqlite://./x.db?mode=rwc"), "sqlite://./x.db?mode=rwc");
+        assert_eq!(
+            redact_url("postgres://cpis:s3cret@db:5432/flags"),
+            "postgres://cpis:***@db:5432/flags"
+        );
+        assert_eq!(
+            redact_url("sqlite://./x.db?mode=rwc"),
+            "sqlite://./x.db?mode=rwc"
+        );
     }
 
     #[test]

@@ -40,7 +40,10 @@ pub enum Error {
     FailedPrecondition(String),
     /// A dependency (database, cache, backend) cannot answer now; the caller may retry.
     #[error("{dependency} unavailable")]
-    Unavailable { dependency: String, retry_after: Duration },
+    Unavailable {
+        dependency: String,
+        retry_after: Duration,
+    },
     /// Load shed or a limit reached.
     #[error("resource exhausted: {0}")]
     ResourceExhausted(String),
@@ -56,18 +59,28 @@ pub enum Error {
 }
 
 fn describe(violations: &[FieldViolation]) -> String {
-    violations.iter().map(|v| format!("{} {}", v.field, v.description)).collect::<Vec<_>>().join("; ")
+    violations
+        .iter()
+        .map(|v| format!("{} {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
-        Error::InvalidArgument(vec![FieldViolation { field: field.into(), description: description.into() }])
+        Error::InvalidArgument(vec![FieldViolation {
+            field: field.into(),
+            description: description.into(),
+        }])
     }
 
     pub fn unavailable(dependency: impl Into<String>) -> Self {
-        Error::Unavailable { dependency: dependency.into(), retry_after: DEFAULT_RETRY_AFTER }
+        Error::Unavailable {
+            dependency: dependency.into(),
+            retry_after: DEFAULT_RETRY_AFTER,
+        }
     }
 
     pub fn internal(context: impl std::fmt::Display) -> Self {
@@ -76,13 +89,20 @@ impl Error {
 
     pub fn denied(reason: DenyReason) -> Self {
         let message = match reason {
-            DenyReason::MissingActivity => "the caller's role does not hold the activity this call needs",
+            DenyReason::MissingActivity => {
+                "the caller's role does not hold the activity this call needs"
+            }
             DenyReason::OrganisationNotOnboarded => {
                 "the caller's organisation is not onboarded to cpis for this kind of call"
             }
-            DenyReason::SettingNotInOrganisation => "the setting is not part of the caller's organisation",
+            DenyReason::SettingNotInOrganisation => {
+                "the setting is not part of the caller's organisation"
+            }
         };
-        Error::PermissionDenied { reason, message: message.to_owned() }
+        Error::PermissionDenied {
+            reason,
+            message: message.to_owned(),
+        }
     }
 
     /// The gRPC code this error answers with.
@@ -120,18 +140,27 @@ impl From<Error> for Status {
             Error::PermissionDenied { reason, message } => Status::with_error_details(
                 Code::PermissionDenied,
                 message,
-                ErrorDetails::with_error_info(reason.as_str(), ERROR_DOMAIN, std::collections::HashMap::<String, String>::new()),
+                ErrorDetails::with_error_info(
+                    reason.as_str(),
+                    ERROR_DOMAIN,
+                    std::collections::HashMap::<String, String>::new(),
+                ),
             ),
             Error::NotFound(message) => Status::not_found(message),
             Error::AlreadyExists(message) => Status::already_exists(message),
             Error::FailedPrecondition(message) => Status::failed_precondition(message),
-            Error::Unavailable { dependency, retry_after } => Status::with_error_details(
+            Error::Unavailable {
+                dependency,
+                retry_after,
+            } => Status::with_error_details(
                 Code::Unavailable,
                 format!("{dependency} is unavailable; retry later"),
                 ErrorDetails::with_retry_info(Some(retry_after)),
             ),
             Error::ResourceExhausted(message) => Status::resource_exhausted(message),
-            Error::DeadlineExceeded => Status::deadline_exceeded("the deadline passed before an answer"),
+            Error::DeadlineExceeded => {
+                Status::deadline_exceeded("the deadline passed before an answer")
+            }
             Error::Internal(text) => {
                 let reference = uuid_like_reference();
                 tracing::error!(reference = %reference, error = %text, "internal error");
@@ -146,8 +175,14 @@ impl From<Error> for Status {
 fn uuid_like_reference() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    format!("{:x}-{:x}", now.as_millis(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!(
+        "{:x}-{:x}",
+        now.as_millis(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 impl From<sea_orm::DbErr> for Error {
@@ -184,7 +219,11 @@ impl From<sea_orm::TransactionError<Error>> for Error {
 
 impl From<redis::RedisError> for Error {
     fn from(e: redis::RedisError) -> Self {
-        if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
+        if e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_timeout()
+        {
             Error::unavailable("cache")
         } else {
             Error::Internal(format!("redis: {e}"))
@@ -203,7 +242,10 @@ impl Violations {
     }
 
     pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.0.push(FieldViolation { field: field.into(), description: description.into() });
+        self.0.push(FieldViolation {
+            field: field.into(),
+            description: description.into(),
+        });
     }
 
     pub fn is_empty(&self) -> bool {
@@ -211,17 +253,24 @@ impl Violations {
     }
 
     pub fn nhs_number(&mut self, field: &str, value: &str) -> Option<NhsNumber> {
-        NhsNumber::parse(value).map_err(|e| self.add(field, e.to_string())).ok()
+        NhsNumber::parse(value)
+            .map_err(|e| self.add(field, e.to_string()))
+            .ok()
     }
 
     pub fn ods_code(&mut self, field: &str, value: &str) -> Option<OdsCode> {
-        OdsCode::parse(value).map_err(|e| self.add(field, e.to_string())).ok()
+        OdsCode::parse(value)
+            .map_err(|e| self.add(field, e.to_string()))
+            .ok()
     }
 
     pub fn flag_type(&mut self, field: &str, value: i32) -> Option<FlagType> {
         let parsed = FlagType::from_wire(value);
         if parsed.is_none() {
-            self.add(field, "must be FLAG_TYPE_CPP, FLAG_TYPE_LAC or FLAG_TYPE_UCPP");
+            self.add(
+                field,
+                "must be FLAG_TYPE_CPP, FLAG_TYPE_LAC or FLAG_TYPE_UCPP",
+            );
         }
         parsed
     }
@@ -229,7 +278,10 @@ impl Violations {
     pub fn setting_type(&mut self, field: &str, value: i32) -> Option<SettingType> {
         let parsed = SettingType::from_wire(value);
         if parsed.is_none() {
-            self.add(field, "must be one of the SETTING_TYPE_ values other than SETTING_TYPE_UNSPECIFIED");
+            self.add(
+                field,
+                "must be one of the SETTING_TYPE_ values other than SETTING_TYPE_UNSPECIFIED",
+            );
         }
         parsed
     }
@@ -237,18 +289,25 @@ impl Violations {
     pub fn access_kind(&mut self, field: &str, value: i32) -> Option<domain::AccessKind> {
         let parsed = domain::AccessKind::from_wire(value);
         if parsed.is_none() {
-            self.add(field, "must be ACCESS_KIND_UNSCHEDULED or ACCESS_KIND_SCHEDULED");
+            self.add(
+                field,
+                "must be ACCESS_KIND_UNSCHEDULED or ACCESS_KIND_SCHEDULED",
+            );
         }
         parsed
     }
 
     pub fn date(&mut self, field: &str, value: &str) -> Option<chrono::NaiveDate> {
-        domain::parse_date(value).map_err(|e| self.add(field, e.to_string())).ok()
+        domain::parse_date(value)
+            .map_err(|e| self.add(field, e.to_string()))
+            .ok()
     }
 
     /// `Some(None)` for an empty (absent) date, `None` when malformed.
     pub fn optional_date(&mut self, field: &str, value: &str) -> Option<Option<chrono::NaiveDate>> {
-        domain::parse_optional_date(value).map_err(|e| self.add(field, e.to_string())).ok()
+        domain::parse_optional_date(value)
+            .map_err(|e| self.add(field, e.to_string()))
+            .ok()
     }
 
     pub fn max_len(&mut self, field: &str, value: &str, max: usize) {
@@ -259,7 +318,11 @@ impl Violations {
 
     /// `Ok` when nothing was wrong; otherwise every violation in one `INVALID_ARGUMENT`.
     pub fn finish(self) -> Result<()> {
-        if self.0.is_empty() { Ok(()) } else { Err(Error::InvalidArgument(self.0)) }
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument(self.0))
+        }
     }
 }
 
@@ -275,7 +338,11 @@ mod tests {
         let status: Status = v.finish().unwrap_err().into();
         assert_eq!(status.code(), Code::InvalidArgument);
         let bad = status.get_details_bad_request().expect("BadRequest");
-        let fields: Vec<_> = bad.field_violations.iter().map(|f| f.field.as_str()).collect();
+        let fields: Vec<_> = bad
+            .field_violations
+            .iter()
+            .map(|f| f.field.as_str())
+            .collect();
         assert_eq!(fields, ["nhs_number", "setting.setting_type"]);
     }
 
@@ -292,12 +359,16 @@ mod tests {
     fn unavailable_carries_retry_info() {
         let status: Status = Error::unavailable("flag registry").into();
         assert_eq!(status.code(), Code::Unavailable);
-        assert_eq!(status.get_details_retry_info().and_then(|r| r.retry_delay), Some(DEFAULT_RETRY_AFTER));
+        assert_eq!(
+            status.get_details_retry_info().and_then(|r| r.retry_delay),
+            Some(DEFAULT_RETRY_AFTER)
+        );
     }
 
     #[test]
     fn internal_errors_never_leak_their_text() {
-        let status: Status = Error::internal("duplicate key value violates unique constraint \"secret\"").into();
+        let status: Status =
+            Error::internal("duplicate key value violates unique constraint \"secret\"").into();
         assert_eq!(status.code(), Code::Internal);
         assert!(!status.message().contains("secret"));
         assert!(status.message().contains("reference"));

@@ -44,7 +44,11 @@ impl Readiness {
     pub async fn set_dependency_ready(&self, ready: bool) {
         let was = self.ready.swap(ready, Ordering::AcqRel);
         if was != ready && !self.stopping.load(Ordering::Acquire) {
-            let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
+            let status = if ready {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
             self.publish(status).await;
         }
     }
@@ -64,6 +68,12 @@ impl Readiness {
 
     /// `UNAVAILABLE` (with RetryInfo) when not ready.
     pub fn check(&self) -> crate::error::Result<()> {
-        if self.is_ready() { Ok(()) } else { Err(crate::error::Error::unavailable("this service (starting or stopping)")) }
+        if self.is_ready() {
+            Ok(())
+        } else {
+            Err(crate::error::Error::unavailable(
+                "this service (starting or stopping)",
+            ))
+        }
     }
 }

@@ -18,6 +18,8 @@ pub mod runtime;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod tls;
 
 pub use error::{Error, Result};

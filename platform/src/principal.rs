@@ -21,7 +21,10 @@ pub enum PeerTrust {
 
 /// Attaches the principal to an outgoing backend call.
 pub fn attach(metadata: &mut MetadataMap, principal: &Principal) {
-    metadata.insert_bin(METADATA_KEY, BinaryMetadataValue::from_bytes(&principal.encode_to_vec()));
+    metadata.insert_bin(
+        METADATA_KEY,
+        BinaryMetadataValue::from_bytes(&principal.encode_to_vec()),
+    );
 }
 
 /// The forwarded principal of an incoming call, if its peer may forward one.
@@ -30,17 +33,23 @@ pub fn from_request<T>(request: &Request<T>, trust: &PeerTrust) -> Result<Princi
         PeerTrust::Loopback => request.remote_addr().is_some_and(|a| a.ip().is_loopback()),
     };
     if !trusted {
-        return Err(Error::Unauthenticated("only the gateway may call this service".into()));
+        return Err(Error::Unauthenticated(
+            "only the gateway may call this service".into(),
+        ));
     }
     let value = request
         .metadata()
         .get_bin(METADATA_KEY)
         .ok_or_else(|| Error::Unauthenticated("no forwarded principal".into()))?;
-    let bytes = value.to_bytes().map_err(|_| Error::Unauthenticated("malformed forwarded principal".into()))?;
-    let principal =
-        Principal::decode(bytes.as_ref()).map_err(|_| Error::Unauthenticated("malformed forwarded principal".into()))?;
+    let bytes = value
+        .to_bytes()
+        .map_err(|_| Error::Unauthenticated("malformed forwarded principal".into()))?;
+    let principal = Principal::decode(bytes.as_ref())
+        .map_err(|_| Error::Unauthenticated("malformed forwarded principal".into()))?;
     if principal.user_id.is_empty() == principal.system_san.is_empty() {
-        return Err(Error::Unauthenticated("a principal is either a user or a system".into()));
+        return Err(Error::Unauthenticated(
+            "a principal is either a user or a system".into(),
+        ));
     }
     Ok(principal)
 }
@@ -76,6 +85,9 @@ mod tests {
     fn loopback_trust_needs_a_loopback_peer() {
         let _ = SocketAddr::from(([127, 0, 0, 1], 1));
         let request = Request::new(());
-        assert!(matches!(from_request(&request, &PeerTrust::Loopback), Err(Error::Unauthenticated(_))));
+        assert!(matches!(
+            from_request(&request, &PeerTrust::Loopback),
+            Err(Error::Unauthenticated(_))
+        ));
     }
 }

@@ -47,12 +47,18 @@ enum ServiceCommand {
 
 /// The whole `main` of a service binary.
 pub fn main<C: Component>() -> ExitCode {
-    let command = ServiceCli::<C::Args>::command().name(C::NAME).bin_name(C::NAME).about(C::ABOUT);
+    let command = ServiceCli::<C::Args>::command()
+        .name(C::NAME)
+        .bin_name(C::NAME)
+        .about(C::ABOUT);
     let cli = match ServiceCli::<C::Args>::from_arg_matches(&command.get_matches()) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{}: cannot start the async runtime: {e}", C::NAME);
@@ -160,7 +166,10 @@ fn internal_trust(name: &str, args: &ServeArgs, listen: SocketAddr) -> Result<Pe
             "--insecure-internal serves on loopback only, not on {listen}"
         )));
     }
-    tracing::warn!(service = name, "--insecure-internal: trusting forwarded identities from loopback peers without mTLS");
+    tracing::warn!(
+        service = name,
+        "--insecure-internal: trusting forwarded identities from loopback peers without mTLS"
+    );
     Ok(PeerTrust::Loopback)
 }
 

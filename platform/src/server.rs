@@ -36,12 +36,16 @@ pub struct Running {
 impl Running {
     /// Waits for the server to stop (after its shutdown fired and the drain ended).
     pub async fn wait(self) -> Result<()> {
-        self.task.await.map_err(|e| Error::internal(format!("server task: {e}")))?
+        self.task
+            .await
+            .map_err(|e| Error::internal(format!("server task: {e}")))?
     }
 }
 
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| Error::internal(format!("cannot listen on {addr}: {e}")))
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::internal(format!("cannot listen on {addr}: {e}")))
 }
 
 /// Adds reflection (v1 and v1alpha), listing only what this process serves.
@@ -58,8 +62,12 @@ fn with_reflection(routes: Routes, services: &[&'static str]) -> Result<Routes> 
         }
         builder
     };
-    let v1 = configure().build_v1().map_err(|e| Error::internal(format!("reflection: {e}")))?;
-    let v1alpha = configure().build_v1alpha().map_err(|e| Error::internal(format!("reflection: {e}")))?;
+    let v1 = configure()
+        .build_v1()
+        .map_err(|e| Error::internal(format!("reflection: {e}")))?;
+    let v1alpha = configure()
+        .build_v1alpha()
+        .map_err(|e| Error::internal(format!("reflection: {e}")))?;
     Ok(routes.add_service(v1).add_service(v1alpha))
 }
 
@@ -73,13 +81,17 @@ pub async fn spawn(
     readiness: Readiness,
     shutdown: Shutdown,
 ) -> Result<Running> {
-    let addr = listener.local_addr().map_err(|e| Error::internal(format!("listener address: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::internal(format!("listener address: {e}")))?;
     let health = HealthServer::new(HealthService::from_health_reporter(readiness.reporter()));
     let all = with_reflection(routes.add_service(health.clone()), &config.services)?;
 
     let mut builder = Server::builder();
     if let Some(tls) = config.tls.clone() {
-        builder = builder.tls_config(tls).map_err(|e| Error::internal(format!("TLS configuration: {e}")))?;
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| Error::internal(format!("TLS configuration: {e}")))?;
     }
     let router = builder.add_routes(all);
 
@@ -89,7 +101,10 @@ pub async fn spawn(
         tokio::spawn(async move {
             let served = Server::builder()
                 .add_service(health)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(health_listener), health_shutdown.wait())
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(health_listener),
+                    health_shutdown.wait(),
+                )
                 .await;
             if let Err(e) = served {
                 tracing::error!(error = %e, "health listener stopped");
@@ -110,7 +125,8 @@ pub async fn spawn(
                 tracing::info!(service = name, "not serving; draining calls in flight");
             }
         };
-        let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop_accepting);
+        let serve =
+            router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop_accepting);
         tokio::pin!(serve);
         tokio::select! {
             result = &mut serve => result.map_err(|e| Error::internal(format!("server: {e}"))),

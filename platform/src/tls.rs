@@ -6,7 +6,9 @@ use crate::error::{Error, Result};
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 fn read(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::FailedPrecondition(format!("cannot read {what} {}: {e}", path.display())))
+    std::fs::read(path).map_err(|e| {
+        Error::FailedPrecondition(format!("cannot read {what} {}: {e}", path.display()))
+    })
 }
 
 /// The server side: `None` (plain TCP) unless a certificate and key are configured. With a
@@ -18,7 +20,9 @@ pub fn server_config(args: &TlsArgs) -> Result<Option<ServerTlsConfig>> {
     let identity = Identity::from_pem(read(cert, "TLS certificate")?, read(key, "TLS key")?);
     let mut config = ServerTlsConfig::new().identity(identity);
     if let Some(ca) = &args.tls_client_ca {
-        config = config.client_ca_root(Certificate::from_pem(read(ca, "client CA")?)).client_auth_optional(true);
+        config = config
+            .client_ca_root(Certificate::from_pem(read(ca, "client CA")?))
+            .client_auth_optional(true);
     }
     Ok(Some(config))
 }

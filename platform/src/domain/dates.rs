@@ -17,7 +17,9 @@ pub fn parse_date(input: &str) -> Result<NaiveDate, DateError> {
     let shaped = b.len() == 10
         && b[4] == b'-'
         && b[7] == b'-'
-        && b.iter().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
     if !shaped {
         return Err(DateError::Malformed);
     }
@@ -26,21 +28,31 @@ pub fn parse_date(input: &str) -> Result<NaiveDate, DateError> {
 
 /// An optional date: the empty string means absent.
 pub fn parse_optional_date(input: &str) -> Result<Option<NaiveDate>, DateError> {
-    if input.is_empty() { Ok(None) } else { parse_date(input).map(Some) }
+    if input.is_empty() {
+        Ok(None)
+    } else {
+        parse_date(input).map(Some)
+    }
 }
 
 /// The wire form of an optional date.
 pub fn format_optional_date(date: Option<NaiveDate>) -> String {
-    date.map(|d| d.format("%Y-%m-%d").to_string()).unwrap_or_default()
+    date.map(|d| d.format("%Y-%m-%d").to_string())
+        .unwrap_or_default()
 }
 
 /// The calendar date in England at an instant: the "today" of every date rule.
 pub fn england_date(instant: DateTime<Utc>) -> NaiveDate {
-    instant.with_timezone(&chrono_tz::Europe::London).date_naive()
+    instant
+        .with_timezone(&chrono_tz::Europe::London)
+        .date_naive()
 }
 
 pub fn to_timestamp(instant: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: instant.timestamp(), nanos: instant.timestamp_subsec_nanos() as i32 }
+    prost_types::Timestamp {
+        seconds: instant.timestamp(),
+        nanos: instant.timestamp_subsec_nanos() as i32,
+    }
 }
 
 /// `None` for a timestamp outside chrono's range or with out-of-range nanoseconds.
@@ -57,10 +69,20 @@ mod tests {
 
     #[test]
     fn parses_only_the_iso_form() {
-        assert_eq!(parse_date("2024-02-29"), Ok(NaiveDate::from_ymd_opt(2024, 2, 29).unwrap()));
+        assert_eq!(
+            parse_date("2024-02-29"),
+            Ok(NaiveDate::from_ymd_opt(2024, 2, 29).unwrap())
+        );
         assert_eq!(parse_date("2023-02-29"), Err(DateError::Impossible));
         assert_eq!(parse_date("2024-13-01"), Err(DateError::Impossible));
-        for bad in ["2024-1-01", "24-01-01", "2024/01/01", "2024-01-01T00:00", "", "yyyy-mm-dd"] {
+        for bad in [
+            "2024-1-01",
+            "24-01-01",
+            "2024/01/01",
+            "2024-01-01T00:00",
+            "",
+            "yyyy-mm-dd",
+        ] {
             assert_eq!(parse_date(bad), Err(DateError::Malformed), "{bad}");
         }
         assert_eq!(parse_optional_date(""), Ok(None));
@@ -70,17 +92,29 @@ mod tests {
     fn england_date_follows_british_summer_time() {
         // 23:30 UTC on 30 June is 00:30 on 1 July in London (BST, UTC+1).
         let summer = Utc.with_ymd_and_hms(2025, 6, 30, 23, 30, 0).unwrap();
-        assert_eq!(england_date(summer), NaiveDate::from_ymd_opt(2025, 7, 1).unwrap());
+        assert_eq!(
+            england_date(summer),
+            NaiveDate::from_ymd_opt(2025, 7, 1).unwrap()
+        );
         // In winter London is UTC.
         let winter = Utc.with_ymd_and_hms(2025, 12, 31, 23, 30, 0).unwrap();
-        assert_eq!(england_date(winter), NaiveDate::from_ymd_opt(2025, 12, 31).unwrap());
+        assert_eq!(
+            england_date(winter),
+            NaiveDate::from_ymd_opt(2025, 12, 31).unwrap()
+        );
     }
 
     #[test]
     fn timestamps_round_trip() {
         let t = Utc.with_ymd_and_hms(2025, 3, 30, 1, 0, 0).unwrap();
         assert_eq!(from_timestamp(&to_timestamp(t)), Some(t));
-        assert_eq!(from_timestamp(&prost_types::Timestamp { seconds: 0, nanos: -1 }), None);
+        assert_eq!(
+            from_timestamp(&prost_types::Timestamp {
+                seconds: 0,
+                nanos: -1
+            }),
+            None
+        );
     }
 
     proptest! {

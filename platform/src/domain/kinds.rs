@@ -113,8 +113,15 @@ impl SettingType {
     pub fn access_kind(self) -> AccessKind {
         use SettingType::*;
         match self {
-            EmergencyDepartment | MinorInjuryUnit | WalkInCentre | UrgentTreatmentCentre
-            | OutOfHoursGp | Nhs111 | Ambulance | Maternity | PaediatricWard => AccessKind::Unscheduled,
+            EmergencyDepartment
+            | MinorInjuryUnit
+            | WalkInCentre
+            | UrgentTreatmentCentre
+            | OutOfHoursGp
+            | Nhs111
+            | Ambulance
+            | Maternity
+            | PaediatricWard => AccessKind::Unscheduled,
             GpPractice | HealthVisiting | SchoolNursing | Camhs | CommunityPaediatrics | Dental
             | SexualHealth => AccessKind::Scheduled,
         }
@@ -216,8 +223,16 @@ mod tests {
 
     #[test]
     fn spellings_are_case_insensitive_suffix_or_full_name() {
-        for s in ["emergency-department", "EMERGENCY_DEPARTMENT", "setting_type_emergency_department"] {
-            assert_eq!(SettingType::parse(s), Some(SettingType::EmergencyDepartment), "{s}");
+        for s in [
+            "emergency-department",
+            "EMERGENCY_DEPARTMENT",
+            "setting_type_emergency_department",
+        ] {
+            assert_eq!(
+                SettingType::parse(s),
+                Some(SettingType::EmergencyDepartment),
+                "{s}"
+            );
         }
         assert_eq!(FlagType::parse("cpp"), Some(FlagType::Cpp));
         assert_eq!(FlagType::parse("FLAG_TYPE_UCPP"), Some(FlagType::Ucpp));
@@ -242,7 +257,10 @@ mod tests {
 
     #[test]
     fn nine_settings_are_unscheduled_and_seven_scheduled() {
-        let unscheduled = SettingType::ALL.iter().filter(|s| s.access_kind() == AccessKind::Unscheduled).count();
+        let unscheduled = SettingType::ALL
+            .iter()
+            .filter(|s| s.access_kind() == AccessKind::Unscheduled)
+            .count();
         assert_eq!(unscheduled, 9);
         assert_eq!(SettingType::ALL.len() - unscheduled, 7);
         assert_eq!(SettingType::Nhs111.access_kind(), AccessKind::Unscheduled);

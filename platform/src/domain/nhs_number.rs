@@ -123,19 +123,43 @@ mod tests {
 
     #[test]
     fn accepts_spaces_as_typed() {
-        assert_eq!(NhsNumber::parse("943 476 5919").unwrap().as_str(), "9434765919");
-        assert_eq!(NhsNumber::parse(" 9434765919 ").unwrap().as_str(), "9434765919");
+        assert_eq!(
+            NhsNumber::parse("943 476 5919").unwrap().as_str(),
+            "9434765919"
+        );
+        assert_eq!(
+            NhsNumber::parse(" 9434765919 ").unwrap().as_str(),
+            "9434765919"
+        );
     }
 
     #[test]
     fn rejects_bad_check_digits_and_shapes() {
-        assert_eq!(NhsNumber::parse("9876544321"), Err(NhsNumberError::CheckDigit));
-        assert_eq!(NhsNumber::parse("9111111124"), Err(NhsNumberError::CheckDigit));
+        assert_eq!(
+            NhsNumber::parse("9876544321"),
+            Err(NhsNumberError::CheckDigit)
+        );
+        assert_eq!(
+            NhsNumber::parse("9111111124"),
+            Err(NhsNumberError::CheckDigit)
+        );
         assert_eq!(NhsNumber::parse(""), Err(NhsNumberError::Empty));
-        assert_eq!(NhsNumber::parse("943476591"), Err(NhsNumberError::NotTenDigits));
-        assert_eq!(NhsNumber::parse("94347659190"), Err(NhsNumberError::NotTenDigits));
-        assert_eq!(NhsNumber::parse("943-476-5919"), Err(NhsNumberError::NotTenDigits));
-        assert_eq!(NhsNumber::parse("９４３４７６５９１９"), Err(NhsNumberError::NotTenDigits));
+        assert_eq!(
+            NhsNumber::parse("943476591"),
+            Err(NhsNumberError::NotTenDigits)
+        );
+        assert_eq!(
+            NhsNumber::parse("94347659190"),
+            Err(NhsNumberError::NotTenDigits)
+        );
+        assert_eq!(
+            NhsNumber::parse("943-476-5919"),
+            Err(NhsNumberError::NotTenDigits)
+        );
+        assert_eq!(
+            NhsNumber::parse("９４３４７６５９１９"),
+            Err(NhsNumberError::NotTenDigits)
+        );
     }
 
     #[test]

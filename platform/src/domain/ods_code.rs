@@ -21,7 +21,8 @@ impl OdsCode {
         if trimmed.is_empty() {
             return Err(OdsCodeError::Empty);
         }
-        if !(3..=8).contains(&trimmed.len()) || !trimmed.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        if !(3..=8).contains(&trimmed.len()) || !trimmed.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
             return Err(OdsCodeError::Malformed);
         }
         Ok(Self(trimmed.to_ascii_uppercase()))
@@ -57,7 +58,13 @@ mod tests {
 
     #[test]
     fn normalises_case_and_accepts_the_shapes_of_domain_md() {
-        for (raw, want) in [("rqx", "RQX"), ("RQX01", "RQX01"), ("706", "706"), ("a81001", "A81001"), ("X26", "X26")] {
+        for (raw, want) in [
+            ("rqx", "RQX"),
+            ("RQX01", "RQX01"),
+            ("706", "706"),
+            ("a81001", "A81001"),
+            ("X26", "X26"),
+        ] {
             assert_eq!(OdsCode::parse(raw).unwrap().as_str(), want);
         }
     }

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Offline validation of the Kubernetes manifests and the Dockerfile. No cluster, no Docker.
+#
+#   bash k8s/validate.sh            (from the repository root)
+#
+# 1. A venv ("${CPIS_K8S_VENV:-$PWD/target/venv-k8s}") with pinned kubernetes-validate and
+#    checkov (pip caches downloads in ~/.cache/pip; an up-to-date venv is not touched).
+# 2. Renders each overlay with `kubectl kustomize` into target/k8s-rendered/<overlay>.yaml.
+# 3. k8s/tools/check_rendered.py splits off the cert-manager resources, which
+#    kubernetes-validate has no schema for, and validates them strictly against
+#    k8s/schemas/cert-manager.io-v1.json; it fails on any other unknown API group, and checks
+#    that every Secret/ConfigMap/ServiceAccount a pod uses exists (prod: or is listed in
+#    overlays/prod/operator-secrets.txt) and the drain timing adds up.
+# 4. kubernetes-validate --strict against Kubernetes $K8S_VERSION on the core kinds; a
+#    missing schema is a failure there, not a warning.
+# 5. checkov on each rendered overlay and on the Dockerfile; any failed check fails. The only
+#    skips are k8s/checkov-skips.txt's, which must match README.md's table.
+set -euo pipefail
+
+K8S_VERSION=1.31.0
+KUBERNETES_VALIDATE_VERSION=1.37.0
+CHECKOV_VERSION=3.3.30
+OVERLAYS=(dev prod)
+
+if [[ ! -f k8s/validate.sh ]]; then
+    echo "run from the repository root: bash k8s/validate.sh" >&2
+    exit 2
+fi
+VENV="${CPIS_K8S_VENV:-$PWD/target/venv-k8s}"
+OUT=target/k8s-rendered
+SKIPS_FILE=k8s/checkov-skips.txt
+start=$SECONDS
+
+command -v kubectl >/dev/null || { echo "kubectl is needed (kubectl kustomize renders offline)" >&2; exit 2; }
+
+# --- 1. tools --------------------------------------------------------------------------------
+pins="kubernetes-validate==$KUBERNETES_VALIDATE_VERSION checkov==$CHECKOV_VERSION"
+if [[ ! -x "$VENV/bin/python" ]]; then
+    python3 -m venv "$VENV"
+fi
+if [[ "$(cat "$VENV/.cpis-k8s-pins" 2>/dev/null || true)" != "$pins" ]]; then
+    # shellcheck disable=SC2086 # $pins is two words on purpose
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check $pins
+    echo "$pins" > "$VENV/.cpis-k8s-pins"
+fi
+
+# --- skips: the file and README.md's table must agree ------------------------------------------
+# Prints "ID<TAB>SCOPES<TAB>REASON" per skip.
+read_skips() {
+    sed -e '/^[[:space:]]*#/d' -e '/^[[:space:]]*$/d' "$SKIPS_FILE" |
+        sed -E 's/^[[:space:]]*([A-Z0-9_]+)[[:space:]]+([a-z,]+)[[:space:]]+#[[:space:]]*(.*[^[:space:]])[[:space:]]*$/\1\t\2\t\3/'
+}
+while IFS=$'\t' read -r id scopes reason; do
+    if [[ -z "$reason" || ! "$id" =~ ^CKV2?_[A-Z0-9_]+$ ]]; then
+        echo "FAIL $SKIPS_FILE: malformed line for '$id' (want: ID  SCOPES  # reason)" >&2
+        exit 1
+    fi
+done < <(read_skips)
+readme_rows=$(grep -E '^\| *`?CKV' k8s/README.md |
+    sed -E 's/^\| *`?([A-Z0-9_]+)`? *\| *([a-z, ]+) *\| *(.*[^ ]) *\|$/\1\t\2\t\3/' | tr -d ' ' || true)
+file_rows=$(read_skips | tr -d ' ')
+if [[ "$(sort <<<"$readme_rows")" != "$(sort <<<"$file_rows")" ]]; then
+    echo "FAIL checkov skips in $SKIPS_FILE and the table in k8s/README.md differ:" >&2
+    diff <(sort <<<"$file_rows") <(sort <<<"$readme_rows") >&2 || true
+    exit 1
+fi
+skips_for() { # scope -> comma-joined check ids
+    read_skips | awk -F'\t' -v s="$1" '{ n = split($2, a, ","); for (i = 1; i <= n; i++) if (a[i] == s) print $1 }' |
+        paste -sd, -
+}
+run_checkov() { # file framework scope
+    local skip
+    skip=$(skips_for "$3")
+    "$VENV/bin/checkov" -f "$1" --framework "$2" --quiet --compact --skip-download \
+        ${skip:+--skip-check "$skip"}
+}
+
+# --- 2-5. each overlay -------------------------------------------------------------------------
+mkdir -p "$OUT"
+failed=0
+for overlay in "${OVERLAYS[@]}"; do
+    rendered="$OUT/$overlay.yaml"
+    core="$OUT/$overlay.core.yaml"
+    kubectl kustomize "k8s/overlays/$overlay" > "$rendered"
+
+    extra=()
+    if [[ $overlay == prod ]]; then
+        extra=(--operator-secrets k8s/overlays/prod/operator-secrets.txt --external-cluster-issuer cpis-public)
+    fi
+    "$VENV/bin/python" k8s/tools/check_rendered.py "$rendered" "$core" \
+        k8s/schemas/cert-manager.io-v1.json "${extra[@]}" || failed=1
+
+    kv_out=$("$VENV/bin/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" "$core") || failed=1
+    if [[ -n "$kv_out" ]]; then
+        echo "$kv_out"
+        failed=1  # with the custom resources split off, even a WARN (missing schema) fails
+    fi
+    echo "$core: kubernetes-validate --strict against $K8S_VERSION: $([[ -z "$kv_out" ]] && echo ok || echo FAILED)"
+
+    run_checkov "$rendered" kubernetes "$overlay" || failed=1
+done
+run_checkov Dockerfile dockerfile dockerfile || failed=1
+
+if grep -q 'sha256:0\{64\}' "$OUT/prod.yaml"; then
+    echo "NOTE prod images carry the all-zero placeholder digest: release pins the real ones (k8s/README.md, \"Releasing\")."
+fi
+if [[ $failed -ne 0 ]]; then
+    echo "k8s validation FAILED ($((SECONDS - start)) s)"
+    exit 1
+fi
+echo "k8s validation passed: ${OVERLAYS[*]} and Dockerfile, $(read_skips | wc -l) checkov skips ($((SECONDS - start)) s)"
