@@ -57,8 +57,8 @@ while IFS=$'\t' read -r id scopes reason; do
     fi
 done < <(read_skips)
 readme_rows=$(grep -E '^\| *`?CKV' k8s/README.md |
-    sed -E 's/^\| *`?([A-Z0-9_]+)`? *\| *([a-z, ]+) *\| *(.*[^ ]) *\|$/\1\t\2\t\3/' | tr -d ' ' || true)
-file_rows=$(read_skips | tr -d ' ')
+    sed -E 's/^\| *`?([A-Z0-9_]+)`? *\| *([a-z,]+) *\| *(.*[^ ]) *\|$/\1\t\2\t\3/; s/ +/ /g' || true)
+file_rows=$(read_skips | sed -E 's/ +/ /g')
 if [[ "$(sort <<<"$readme_rows")" != "$(sort <<<"$file_rows")" ]]; then
     echo "FAIL checkov skips in $SKIPS_FILE and the table in k8s/README.md differ:" >&2
     diff <(sort <<<"$file_rows") <(sort <<<"$readme_rows") >&2 || true
