@@ -1,0 +1,117 @@
+//! `cpis dev`: the four services in one process, seen from outside as a stock gRPC client
+//! sees them (health and reflection).
+
+mod common;
+
+use cpis_cli::dev::{self, DevArgs};
+use platform::shutdown::Shutdown;
+use std::collections::BTreeSet;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+const PUBLIC_SERVICES: [&str; 4] = [
+    "cpis.gateway.v1.ChildProtection",
+    "cpis.gateway.v1.LocalAuthority",
+    "cpis.gateway.v1.Audit",
+    "cpis.gateway.v1.Administration",
+];
+
+async fn listed_services(addr: std::net::SocketAddr) -> BTreeSet<String> {
+    let mut client = ServerReflectionClient::new(common::channel(addr).await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = stream.message().await.unwrap().unwrap();
+    match response.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection answer: {other:?}"),
+    }
+}
+
+fn args(dir: &std::path::Path) -> DevArgs {
+    DevArgs {
+        data_dir: dir.to_owned(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        demo: false,
+        tls_cert: None,
+        tls_key: None,
+    }
+}
+
+#[tokio::test]
+async fn cpis_dev_serves_health_and_every_public_service_by_reflection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (trigger, shutdown) = Shutdown::new();
+    let system = dev::start(&args(dir.path()), shutdown).await.unwrap();
+    let addr = system.gateway_addr;
+
+    common::wait_for_health(addr, "", ServingStatus::Serving).await;
+    for service in PUBLIC_SERVICES {
+        common::wait_for_health(addr, service, ServingStatus::Serving).await;
+    }
+    let listed = listed_services(addr).await;
+    for service in PUBLIC_SERVICES.iter().chain(&[
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+    ]) {
+        assert!(
+            listed.contains(*service),
+            "reflection does not list {service}: {listed:?}"
+        );
+    }
+    assert!(
+        !listed
+            .iter()
+            .any(|s| s.starts_with("cpis.flag.") || s.starts_with("cpis.access.")),
+        "the gateway must not advertise internal APIs: {listed:?}"
+    );
+
+    // The development key and its JWKS are created in the data directory.
+    assert!(dir.path().join("jwks.json").exists());
+    assert!(dir.path().join("dev-signing-key.pem").exists());
+
+    trigger.fire();
+    for (name, running) in system.components {
+        running
+            .wait()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
+
+#[tokio::test]
+async fn public_calls_answer_unimplemented_not_a_crash_until_their_handlers_exist() {
+    use cpis_proto::gateway::child_protection_client::ChildProtectionClient;
+    let dir = tempfile::tempdir().unwrap();
+    let (trigger, shutdown) = Shutdown::new();
+    let system = dev::start(&args(dir.path()), shutdown).await.unwrap();
+    let mut client = ChildProtectionClient::new(common::channel(system.gateway_addr).await);
+    let status = client
+        .lookup_child(cpis_proto::gateway::LookupChildRequest::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            status.code(),
+            tonic::Code::Unimplemented
+                | tonic::Code::Unauthenticated
+                | tonic::Code::InvalidArgument
+        ),
+        "{status:?}"
+    );
+    trigger.fire();
+    for (_, running) in system.components {
+        running.wait().await.unwrap();
+    }
+}
