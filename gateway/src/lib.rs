@@ -5,15 +5,25 @@
 //! attendance-service in parallel, compose the answer. It owns no database; every
 //! cross-service step is orchestrated here (backends never call each other).
 
+mod api;
+mod auth;
 mod backends;
+mod calls;
+mod core;
+mod deadline;
+mod lookup;
+mod obligations;
+mod streams;
+mod validate;
 
+pub use auth::Authenticator;
 pub use backends::Backends;
 
 use clap::Args;
-use cpis_proto::gateway::administration_server::{Administration, AdministrationServer};
-use cpis_proto::gateway::audit_server::{Audit, AuditServer};
-use cpis_proto::gateway::child_protection_server::{ChildProtection, ChildProtectionServer};
-use cpis_proto::gateway::local_authority_server::{LocalAuthority, LocalAuthorityServer};
+use cpis_proto::gateway::administration_server::AdministrationServer;
+use cpis_proto::gateway::audit_server::AuditServer;
+use cpis_proto::gateway::child_protection_server::ChildProtectionServer;
+use cpis_proto::gateway::local_authority_server::LocalAuthorityServer;
 use cpis_proto::service_names;
 use platform::config::{DatabaseArgs, LogArgs, ServeArgs};
 use platform::health::Readiness;
@@ -22,6 +32,7 @@ use platform::server::{self, Running, ServeConfig};
 use platform::shutdown::Shutdown;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use tonic::service::Routes;
 
 pub const NAME: &str = "gateway";
@@ -74,19 +85,8 @@ pub struct GatewayArgs {
     pub token_audience: String,
 }
 
-/// The public API; each call answers `UNIMPLEMENTED` until its handler is written.
-#[derive(Clone)]
-pub struct PublicApi {
-    #[allow(dead_code)]
-    backends: Backends,
-    #[allow(dead_code)]
-    readiness: Readiness,
-}
-
-impl ChildProtection for PublicApi {}
-impl LocalAuthority for PublicApi {}
-impl Audit for PublicApi {}
-impl Administration for PublicApi {}
+/// How often each replica's reconciler looks for obligations left pending.
+const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub struct Gateway;
 
@@ -105,10 +105,27 @@ impl Component for Gateway {
             shutdown.clone(),
         ));
 
-        let api = PublicApi {
-            backends,
-            readiness: readiness.clone(),
+        let auth = match &args.jwks_file {
+            Some(path) => Authenticator::from_file(
+                path.clone(),
+                args.token_issuer.clone(),
+                args.token_audience.clone(),
+                shutdown.clone(),
+            )?,
+            None => {
+                tracing::warn!("no --jwks-file: every user token will be refused");
+                Authenticator::without_keys(args.token_issuer.clone(), args.token_audience.clone())
+            }
         };
+        let core = Arc::new(core::Core {
+            backends,
+            auth,
+            readiness: readiness.clone(),
+            shutdown: shutdown.clone(),
+            retries: calls::RetryBudget::default(),
+        });
+        tokio::spawn(obligations::reconcile(core.clone(), RECONCILE_EVERY));
+        let api = api::PublicApi { core };
         let routes = Routes::new(ChildProtectionServer::new(api.clone()))
             .add_service(LocalAuthorityServer::new(api.clone()))
             .add_service(AuditServer::new(api.clone()))

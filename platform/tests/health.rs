@@ -1,6 +1,8 @@
 //! Health follows the database: `NOT_SERVING` while it cannot be reached, `SERVING` once it
 //! answers and the migrations ran, and `NOT_SERVING` again when it goes away.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use platform::config::ServeArgs;
 use platform::runtime::Backend;
 use platform::shutdown::Shutdown;

@@ -1,6 +1,8 @@
 //! `cpis dev`: the four services in one process, seen from outside as a stock gRPC client
 //! sees them (health and reflection).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use cpis_cli::dev::{self, DevArgs};

@@ -1,6 +1,8 @@
 //! The service binaries as the platform runs them: `--help`, `migrate`, the refusal to trust
 //! internal callers without mTLS or `--insecure-internal`, and a clean exit on SIGTERM.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::process::{Command, Stdio};

@@ -1,7 +1,7 @@
 //! Shared by the cross-service tests: finding the service binaries, free ports, waiting for
 //! health.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,0 +1,482 @@
+//! Who is calling: a bearer JWT shaped like an NHS CIS2 token, verified against a JSON Web Key
+//! Set file that is re-read when it changes.
+//!
+//! Asymmetric algorithms only, each key pinned to the one algorithm its JWK declares (or that
+//! its key type implies), so `alg=none`, HMAC-with-the-public-key and algorithm-switching
+//! tokens are refused. `iss`, `aud`, `exp` and `sub` are required.
+
+use cpis_proto::access::Principal;
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use platform::domain::OdsCode;
+use platform::error::{Error, Result};
+use platform::shutdown::Shutdown;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+use tonic::metadata::MetadataMap;
+
+/// Algorithms a key may be used with: asymmetric, current.
+const ALLOWED: [Algorithm; 5] = [
+    Algorithm::EdDSA,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::RS256,
+    Algorithm::PS256,
+];
+
+/// Verified tokens are remembered until they expire (at most this many), so a busy client is
+/// not re-verified on every call; a JWKS change forgets them all.
+const CACHE_LIMIT: usize = 10_000;
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    org: String,
+    #[serde(default)]
+    role: String,
+    #[serde(default)]
+    activities: Vec<String>,
+    exp: u64,
+}
+
+struct VerificationKey {
+    key: DecodingKey,
+    algorithm: Algorithm,
+}
+
+#[derive(Default)]
+struct KeySet {
+    by_id: HashMap<String, Arc<VerificationKey>>,
+    /// Keys without a `kid`: used only for tokens without one.
+    anonymous: Vec<Arc<VerificationKey>>,
+}
+
+struct Inner {
+    keys: RwLock<Arc<KeySet>>,
+    cache: RwLock<HashMap<String, (Principal, u64)>>,
+    issuer: String,
+    audience: String,
+}
+
+#[derive(Clone)]
+pub struct Authenticator {
+    inner: Arc<Inner>,
+}
+
+fn algorithm_of(jwk: &Jwk) -> Option<Algorithm> {
+    let declared = jwk
+        .common
+        .key_algorithm
+        .and_then(|a| Algorithm::try_from(a).ok());
+    let implied = match &jwk.algorithm {
+        AlgorithmParameters::OctetKeyPair(_) => Some(Algorithm::EdDSA),
+        _ => None,
+    };
+    declared.or(implied).filter(|a| ALLOWED.contains(a))
+}
+
+fn parse_jwks(text: &str) -> std::result::Result<KeySet, String> {
+    let set: JwkSet =
+        serde_json::from_str(text).map_err(|e| format!("not a JSON Web Key Set: {e}"))?;
+    let mut keys = KeySet::default();
+    for jwk in &set.keys {
+        if matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_)) {
+            continue; // symmetric keys can never verify a user token here
+        }
+        let Some(algorithm) = algorithm_of(jwk) else {
+            continue;
+        };
+        let Ok(key) = DecodingKey::from_jwk(jwk) else {
+            continue;
+        };
+        let key = Arc::new(VerificationKey { key, algorithm });
+        match &jwk.common.key_id {
+            Some(kid) => {
+                keys.by_id.insert(kid.clone(), key);
+            }
+            None => keys.anonymous.push(key),
+        }
+    }
+    if keys.by_id.is_empty() && keys.anonymous.is_empty() {
+        return Err("no usable asymmetric key (EdDSA, ES256, ES384, RS256, PS256)".into());
+    }
+    Ok(keys)
+}
+
+impl Authenticator {
+    /// Reads the key set now (a bad file at start is a configuration error) and re-reads it
+    /// whenever its modification time changes; a bad file later keeps the previous keys.
+    pub fn from_file(
+        path: PathBuf,
+        issuer: String,
+        audience: String,
+        shutdown: Shutdown,
+    ) -> Result<Self> {
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            Error::FailedPrecondition(format!("cannot read JWKS {}: {e}", path.display()))
+        })?;
+        let keys = parse_jwks(&text)
+            .map_err(|e| Error::FailedPrecondition(format!("JWKS {}: {e}", path.display())))?;
+        let auth = Self::with_keys(keys, issuer, audience);
+        let watcher = auth.clone();
+        tokio::spawn(async move { watcher.watch(path, shutdown).await });
+        Ok(auth)
+    }
+
+    /// No key set configured: every user token is refused.
+    pub fn without_keys(issuer: String, audience: String) -> Self {
+        Self::with_keys(KeySet::default(), issuer, audience)
+    }
+
+    fn with_keys(keys: KeySet, issuer: String, audience: String) -> Self {
+        Authenticator {
+            inner: Arc::new(Inner {
+                keys: RwLock::new(Arc::new(keys)),
+                cache: RwLock::new(HashMap::new()),
+                issuer,
+                audience,
+            }),
+        }
+    }
+
+    async fn watch(self, path: PathBuf, shutdown: Shutdown) {
+        let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let mut seen: Option<SystemTime> = modified(&path);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = shutdown.wait() => return,
+            }
+            let now = modified(&path);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            match std::fs::read_to_string(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|t| parse_jwks(&t))
+            {
+                Ok(keys) => {
+                    self.replace_keys(keys);
+                    tracing::info!(path = %path.display(), "JWKS reloaded");
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "JWKS reload failed; keeping the previous keys")
+                }
+            }
+        }
+    }
+
+    fn replace_keys(&self, keys: KeySet) {
+        if let Ok(mut current) = self.inner.keys.write() {
+            *current = Arc::new(keys);
+        }
+        if let Ok(mut cache) = self.inner.cache.write() {
+            cache.clear();
+        }
+    }
+
+    /// The principal of a call carrying `authorization: Bearer <token>`.
+    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Principal> {
+        let header = metadata.get("authorization").ok_or_else(|| {
+            Error::Unauthenticated(
+                "a bearer token is required (authorization: Bearer <token>)".into(),
+            )
+        })?;
+        let value = header
+            .to_str()
+            .map_err(|_| Error::Unauthenticated("malformed authorization header".into()))?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                Error::Unauthenticated("the authorization header must be `Bearer <token>`".into())
+            })?;
+        self.verify(token)
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Principal> {
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some((principal, exp)) = self
+            .inner
+            .cache
+            .read()
+            .ok()
+            .and_then(|c| c.get(token).cloned())
+            && exp > now
+        {
+            return Ok(principal);
+        }
+        let (principal, exp) = self.verify_uncached(token)?;
+        if let Ok(mut cache) = self.inner.cache.write() {
+            if cache.len() >= CACHE_LIMIT {
+                cache.retain(|_, (_, e)| *e > now);
+                if cache.len() >= CACHE_LIMIT {
+                    cache.clear();
+                }
+            }
+            cache.insert(token.to_owned(), (principal.clone(), exp));
+        }
+        Ok(principal)
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<(Principal, u64)> {
+        let refuse = |why: &str| Error::Unauthenticated(format!("invalid token: {why}"));
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| refuse("malformed or unsupported header"))?;
+        let keys = self
+            .inner
+            .keys
+            .read()
+            .map(|k| Arc::clone(&k))
+            .map_err(|_| refuse("no keys"))?;
+        let key = match &header.kid {
+            Some(kid) => keys.by_id.get(kid).cloned(),
+            None => keys.anonymous.first().cloned(),
+        }
+        .ok_or_else(|| refuse("signed by an unknown key"))?;
+        if header.alg != key.algorithm {
+            return Err(refuse("algorithm not allowed for its key"));
+        }
+        let mut validation = Validation::new(key.algorithm);
+        validation.algorithms = vec![key.algorithm];
+        validation.leeway = 30;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&self.inner.issuer]);
+        validation.set_audience(&[&self.inner.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let data = jsonwebtoken::decode::<Claims>(token, &key.key, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            match e.kind() {
+                ErrorKind::ExpiredSignature => refuse("expired"),
+                ErrorKind::ImmatureSignature => refuse("not yet valid"),
+                ErrorKind::InvalidIssuer => refuse("wrong issuer"),
+                ErrorKind::InvalidAudience => refuse("wrong audience"),
+                ErrorKind::InvalidSignature => refuse("bad signature"),
+                _ => refuse("rejected"),
+            }
+        })?;
+        let claims = data.claims;
+        if claims.sub.trim().is_empty() {
+            return Err(refuse("empty subject"));
+        }
+        let org =
+            OdsCode::parse(&claims.org).map_err(|_| refuse("the org claim is not an ODS code"))?;
+        let principal = Principal {
+            user_id: claims.sub,
+            system_san: String::new(),
+            ods_code: org.as_str().to_owned(),
+            role_code: claims.role,
+            activities: claims.activities,
+            organisation_name: String::new(),
+        };
+        Ok((principal, claims.exp))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use jsonwebtoken::{EncodingKey, Header};
+
+    struct Signer {
+        pkcs8: Vec<u8>,
+        public: Vec<u8>,
+    }
+
+    fn signer() -> Signer {
+        let doc = Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new()).unwrap();
+        let pair = Ed25519KeyPair::from_pkcs8(doc.as_ref()).unwrap();
+        Signer {
+            pkcs8: doc.as_ref().to_vec(),
+            public: pair.public_key().as_ref().to_vec(),
+        }
+    }
+
+    fn jwks(s: &Signer, kid: &str) -> String {
+        serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "kid": kid, "x": URL_SAFE_NO_PAD.encode(&s.public)}]})
+            .to_string()
+    }
+
+    fn claims(exp_offset: i64, iss: &str, aud: &str) -> serde_json::Value {
+        let now = jsonwebtoken::get_current_timestamp() as i64;
+        serde_json::json!({"sub": "dr.jones", "org": "rqx", "role": "R8000", "activities": ["B0107"],
+            "iss": iss, "aud": aud, "iat": now, "exp": now + exp_offset})
+    }
+
+    fn sign(s: &Signer, kid: &str, claims: &serde_json::Value) -> String {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(kid.into());
+        jsonwebtoken::encode(&header, claims, &EncodingKey::from_ed_der(&s.pkcs8)).unwrap()
+    }
+
+    fn authenticator(s: &Signer) -> Authenticator {
+        Authenticator::with_keys(
+            parse_jwks(&jwks(s, "k1")).unwrap(),
+            "cpis-dev".into(),
+            "cpis".into(),
+        )
+    }
+
+    fn refused(auth: &Authenticator, token: &str) -> bool {
+        matches!(auth.verify(token), Err(Error::Unauthenticated(_)))
+    }
+
+    #[test]
+    fn a_valid_token_yields_the_principal_with_a_normalised_organisation() {
+        let s = signer();
+        let auth = authenticator(&s);
+        let p = auth
+            .verify(&sign(&s, "k1", &claims(600, "cpis-dev", "cpis")))
+            .unwrap();
+        assert_eq!(p.user_id, "dr.jones");
+        assert_eq!(p.ods_code, "RQX");
+        assert_eq!(p.activities, ["B0107"]);
+        assert!(p.system_san.is_empty());
+    }
+
+    #[test]
+    fn expired_tokens_wrong_issuer_and_wrong_audience_are_refused() {
+        let s = signer();
+        let auth = authenticator(&s);
+        assert!(refused(
+            &auth,
+            &sign(&s, "k1", &claims(-120, "cpis-dev", "cpis"))
+        ));
+        assert!(refused(
+            &auth,
+            &sign(&s, "k1", &claims(600, "someone-else", "cpis"))
+        ));
+        assert!(refused(
+            &auth,
+            &sign(&s, "k1", &claims(600, "cpis-dev", "other"))
+        ));
+    }
+
+    #[test]
+    fn forged_and_unknown_key_tokens_are_refused() {
+        let s = signer();
+        let auth = authenticator(&s);
+        let other = signer();
+        assert!(
+            refused(&auth, &sign(&other, "k1", &claims(600, "cpis-dev", "cpis"))),
+            "signed by another key"
+        );
+        assert!(
+            refused(&auth, &sign(&s, "k2", &claims(600, "cpis-dev", "cpis"))),
+            "unknown kid"
+        );
+        let good = sign(&s, "k1", &claims(600, "cpis-dev", "cpis"));
+        let mut parts: Vec<&str> = good.split('.').collect();
+        let tampered = URL_SAFE_NO_PAD
+            .encode(serde_json::to_vec(&claims(600_000, "cpis-dev", "cpis")).unwrap());
+        parts[1] = &tampered;
+        assert!(
+            refused(&auth, &parts.join(".")),
+            "payload changed after signing"
+        );
+    }
+
+    #[test]
+    fn alg_none_and_hmac_tokens_are_refused() {
+        let s = signer();
+        let auth = authenticator(&s);
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT","kid":"k1"}"#);
+        let payload =
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims(600, "cpis-dev", "cpis")).unwrap());
+        assert!(refused(&auth, &format!("{header}.{payload}.")));
+        // HS256 keyed with the public key: the classic algorithm confusion.
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = Some("k1".into());
+        let confused = jsonwebtoken::encode(
+            &h,
+            &claims(600, "cpis-dev", "cpis"),
+            &EncodingKey::from_secret(&s.public),
+        )
+        .unwrap();
+        assert!(refused(&auth, &confused));
+    }
+
+    #[test]
+    fn missing_or_malformed_authorization_is_unauthenticated() {
+        let s = signer();
+        let auth = authenticator(&s);
+        let mut md = MetadataMap::new();
+        assert!(matches!(
+            auth.authenticate(&md),
+            Err(Error::Unauthenticated(_))
+        ));
+        md.insert("authorization", "Basic abc".parse().unwrap());
+        assert!(matches!(
+            auth.authenticate(&md),
+            Err(Error::Unauthenticated(_))
+        ));
+        md.insert(
+            "authorization",
+            format!(
+                "Bearer {}",
+                sign(&s, "k1", &claims(600, "cpis-dev", "cpis"))
+            )
+            .parse()
+            .unwrap(),
+        );
+        assert!(auth.authenticate(&md).is_ok());
+    }
+
+    #[test]
+    fn a_jwks_with_only_symmetric_keys_is_rejected() {
+        let text = r#"{"keys":[{"kty":"oct","k":"c2VjcmV0","alg":"HS256","kid":"x"}]}"#;
+        assert!(parse_jwks(text).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_jwks_file_is_reloaded_when_it_changes_and_a_bad_file_keeps_the_old_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        let first = signer();
+        let second = signer();
+        std::fs::write(&path, jwks(&first, "k1")).unwrap();
+        let (trigger, shutdown) = Shutdown::new();
+        let auth =
+            Authenticator::from_file(path.clone(), "cpis-dev".into(), "cpis".into(), shutdown)
+                .unwrap();
+        let token_1 = sign(&first, "k1", &claims(600, "cpis-dev", "cpis"));
+        let token_2 = sign(&second, "k2", &claims(600, "cpis-dev", "cpis"));
+        assert!(auth.verify(&token_1).is_ok());
+        assert!(auth.verify(&token_2).is_err());
+
+        // Rotate: the new key replaces the old one. Ensure a different mtime.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        std::fs::write(&path, jwks(&second, "k2")).unwrap();
+        let mut rotated = false;
+        for _ in 0..50 {
+            if auth.verify(&token_2).is_ok() {
+                rotated = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(rotated, "the new key was never loaded");
+        assert!(
+            auth.verify(&token_1).is_err(),
+            "the removed key (and its cached tokens) must stop working"
+        );
+
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        std::fs::write(&path, "not json").unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(
+            auth.verify(&token_2).is_ok(),
+            "a bad file keeps the previous keys"
+        );
+        trigger.fire();
+    }
+}

@@ -1,0 +1,260 @@
+//! `LookupChild`: one decision, then the flags and the attendance summary fetched in parallel
+//! within the caller's deadline, composed under ARCHITECTURE.md rules 1 and 3:
+//! - the registry unreachable → `UNAVAILABLE` with RetryInfo, never "not flagged";
+//! - the attendance log unreachable → the flags, with `attendance.available = false`;
+//! - a notifying read carries out its obligation (record the attendance, store the LA's
+//!   notifications) before answering; if that fails the reconciler finishes it later.
+
+use crate::core::{Core, Intent, fingerprint};
+use crate::deadline::Deadline;
+use crate::obligations;
+use cpis_proto::attendance::SummarizeAttendancesRequest;
+use cpis_proto::flag::{AccessRecord, GetFlagsRequest};
+use cpis_proto::gateway::{AttendanceSummary, LookupChildRequest, LookupChildResponse, Setting};
+use platform::domain::NhsNumber;
+use platform::error::{Error, Result, Violations};
+
+/// A lookup request after validation.
+struct ValidLookup {
+    nhs_number: NhsNumber,
+    intent: Intent,
+}
+
+/// Every problem at once; nothing is decided or written for a bad request.
+fn validate(request: &LookupChildRequest) -> Result<ValidLookup> {
+    let mut v = Violations::new();
+    let nhs_number = v.nhs_number("nhs_number", &request.nhs_number);
+    let access_kind = v.access_kind("access_kind", request.access_kind);
+    let setting = request.setting.clone().unwrap_or_default();
+    let site = v.ods_code("setting.ods_code", &setting.ods_code);
+    let setting_type = v.setting_type("setting.setting_type", setting.setting_type);
+    if let (Some(kind), Some(st)) = (access_kind, setting_type)
+        && st.access_kind() != kind
+    {
+        v.add(
+            "setting.setting_type",
+            format!(
+                "{} is a {} setting; it cannot make an {} lookup",
+                st,
+                st.access_kind(),
+                kind
+            ),
+        );
+    }
+    v.max_len("request_id", &request.request_id, 128);
+    v.finish()?;
+    let (Some(nhs_number), Some(access_kind), Some(site), Some(setting_type)) =
+        (nhs_number, access_kind, site, setting_type)
+    else {
+        return Err(Error::internal("validated lookup lost a field"));
+    };
+    let setting = Setting {
+        ods_code: site.as_str().to_owned(),
+        setting_type: setting_type.into(),
+    };
+    let print = fingerprint(&[
+        nhs_number.as_str().as_bytes(),
+        access_kind.as_str().as_bytes(),
+        site.as_str().as_bytes(),
+        setting_type.as_str().as_bytes(),
+    ]);
+    let mut intent = Intent::new("LookupChild").about(Some(nhs_number));
+    intent.access_kind = Some(access_kind);
+    intent.setting = Some(setting);
+    intent.request_id = request.request_id.clone();
+    intent.fingerprint = print;
+    Ok(ValidLookup { nhs_number, intent })
+}
+
+impl Core {
+    pub async fn lookup_child(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        request: LookupChildRequest,
+    ) -> Result<LookupChildResponse> {
+        let deadline = Deadline::from_metadata(metadata);
+        let principal = self.authenticate(metadata)?;
+        let lookup = validate(&request)?;
+        let allowed = self
+            .decide(principal, lookup.intent, metadata, &deadline)
+            .await?;
+        let decision = allowed.decision;
+        let as_of = decision
+            .decided_at
+            .ok_or_else(|| Error::internal("decision without an instant"))?;
+        let nhs = lookup.nhs_number.as_str().to_owned();
+        let obligation = decision.obligation.clone();
+
+        let flags_request = GetFlagsRequest {
+            nhs_numbers: vec![nhs.clone()],
+            as_of: Some(as_of),
+            notify: obligation.as_ref().map(|o| AccessRecord {
+                lookup_id: o.lookup_id.clone(),
+                user_id: o.user_id.clone(),
+                role_code: o.role_code.clone(),
+                site_ods_code: o.site_ods_code.clone(),
+                organisation_name: o.organisation_name.clone(),
+                setting_type: o.setting_type,
+                accessed_at: o.accessed_at,
+            }),
+        };
+        let summary_request = SummarizeAttendancesRequest {
+            nhs_numbers: vec![nhs.clone()],
+            as_of: Some(as_of),
+            exclude_lookup_id: decision.lookup_id.clone(),
+        };
+
+        let flags = self.call(
+            "flag-service",
+            self.backends.flag(),
+            flags_request,
+            None,
+            &deadline,
+            |mut c, r| async move { c.get_flags(r).await },
+        );
+        let summary = self.call(
+            "attendance-service",
+            self.backends.attendance(),
+            summary_request,
+            None,
+            &deadline,
+            |mut c, r| async move { c.summarize_attendances(r).await },
+        );
+        let record = async {
+            match &obligation {
+                Some(o) => Some(obligations::record_attendance(self, o, &deadline).await),
+                None => None,
+            }
+        };
+        let (flags, summary, recorded) = tokio::join!(flags, summary, record);
+
+        // Rule 1: without the registry's answer there is no answer.
+        let flags = flags?;
+        let flag_set = flags
+            .results
+            .into_iter()
+            .find(|r| r.nhs_number == nhs)
+            .unwrap_or_default();
+
+        let attendance = match summary {
+            Ok(response) => {
+                let mut s = response
+                    .results
+                    .into_iter()
+                    .find(|r| r.nhs_number == nhs)
+                    .and_then(|r| r.summary)
+                    .unwrap_or_default();
+                s.available = true;
+                s
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "attendance log unavailable: answering with flags only");
+                AttendanceSummary {
+                    available: false,
+                    ..Default::default()
+                }
+            }
+        };
+
+        // Rule 3: the obligation is done once both halves are; otherwise the reconciler will.
+        if let (Some(o), Some(Ok(()))) = (&obligation, recorded) {
+            obligations::complete(self, &o.lookup_id, "inline", &deadline).await;
+        }
+
+        Ok(LookupChildResponse {
+            nhs_number: nhs,
+            flagged: !flag_set.flags.is_empty(),
+            flags: flag_set.flags,
+            attendance: Some(attendance),
+            lookup_id: decision.lookup_id,
+            looked_up_at: Some(as_of),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cpis_proto::gateway::{AccessKind, SettingType};
+
+    fn request(kind: AccessKind, setting_type: SettingType) -> LookupChildRequest {
+        LookupChildRequest {
+            nhs_number: "943 476 5919".into(),
+            access_kind: kind.into(),
+            setting: Some(Setting {
+                ods_code: "rqx01".into(),
+                setting_type: setting_type.into(),
+            }),
+            request_id: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_valid_lookup_is_normalised() {
+        let v = validate(&request(
+            AccessKind::Unscheduled,
+            SettingType::EmergencyDepartment,
+        ))
+        .unwrap();
+        assert_eq!(v.nhs_number.as_str(), "9434765919");
+        assert_eq!(v.intent.setting.unwrap().ods_code, "RQX01");
+    }
+
+    #[test]
+    fn an_access_kind_inconsistent_with_the_setting_is_invalid() {
+        for (kind, st) in [
+            (AccessKind::Unscheduled, SettingType::GpPractice),
+            (AccessKind::Scheduled, SettingType::EmergencyDepartment),
+        ] {
+            let Err(Error::InvalidArgument(v)) = validate(&request(kind, st)) else {
+                panic!("accepted {kind:?} from {st:?}")
+            };
+            assert_eq!(v[0].field, "setting.setting_type");
+        }
+    }
+
+    #[test]
+    fn every_bad_field_is_reported() {
+        let bad = LookupChildRequest {
+            nhs_number: "123".into(),
+            access_kind: 0,
+            setting: None,
+            request_id: "x".repeat(200),
+        };
+        let Err(Error::InvalidArgument(v)) = validate(&bad) else {
+            panic!()
+        };
+        let fields: Vec<_> = v.iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "nhs_number",
+                "access_kind",
+                "setting.ods_code",
+                "setting.setting_type",
+                "request_id"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_same_request_has_the_same_fingerprint_and_another_a_different_one() {
+        let a = validate(&request(
+            AccessKind::Unscheduled,
+            SettingType::EmergencyDepartment,
+        ))
+        .unwrap();
+        let b = validate(&request(
+            AccessKind::Unscheduled,
+            SettingType::EmergencyDepartment,
+        ))
+        .unwrap();
+        let c = validate(&request(
+            AccessKind::Unscheduled,
+            SettingType::MinorInjuryUnit,
+        ))
+        .unwrap();
+        assert_eq!(a.intent.fingerprint, b.intent.fingerprint);
+        assert_ne!(a.intent.fingerprint, c.intent.fingerprint);
+    }
+}

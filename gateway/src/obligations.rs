@@ -1,0 +1,144 @@
+//! Carrying out what an allowed notifying lookup obliges (ARCHITECTURE.md rule 3): record the
+//! attendance and store the notifications for the flags visible at the lookup's instant, each
+//! idempotent by lookup id. The lookup does it inline; when that fails, the reconciler —
+//! every gateway replica runs one, claims are leased — finishes it once the services are back.
+
+use crate::calls;
+use crate::core::Core;
+use crate::deadline::Deadline;
+use cpis_proto::access::{ClaimObligationsRequest, CompleteObligationRequest, Obligation};
+use cpis_proto::attendance::RecordAttendanceRequest;
+use cpis_proto::flag::{AccessRecord, GetFlagsRequest};
+use platform::error::Result;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long the reconciler leaves an obligation to its lookup before taking it over.
+const PENDING_FOR: Duration = Duration::from_secs(5);
+const LEASE: Duration = Duration::from_secs(30);
+const BATCH: u32 = 100;
+
+pub async fn record_attendance(core: &Core, o: &Obligation, deadline: &Deadline) -> Result<()> {
+    let message = RecordAttendanceRequest {
+        lookup_id: o.lookup_id.clone(),
+        nhs_number: o.nhs_number.clone(),
+        attended_at: o.accessed_at,
+        site_ods_code: o.site_ods_code.clone(),
+        organisation_name: o.organisation_name.clone(),
+        setting_type: o.setting_type,
+        user_id: o.user_id.clone(),
+        role_code: o.role_code.clone(),
+    };
+    core.call(
+        "attendance-service",
+        core.backends.attendance(),
+        message,
+        None,
+        deadline,
+        |mut c, r| async move { c.record_attendance(r).await },
+    )
+    .await
+    .map(|_| ())
+}
+
+async fn store_notifications(core: &Core, o: &Obligation, deadline: &Deadline) -> Result<()> {
+    let message = GetFlagsRequest {
+        nhs_numbers: vec![o.nhs_number.clone()],
+        as_of: o.accessed_at,
+        notify: Some(AccessRecord {
+            lookup_id: o.lookup_id.clone(),
+            user_id: o.user_id.clone(),
+            role_code: o.role_code.clone(),
+            site_ods_code: o.site_ods_code.clone(),
+            organisation_name: o.organisation_name.clone(),
+            setting_type: o.setting_type,
+            accessed_at: o.accessed_at,
+        }),
+    };
+    core.call(
+        "flag-service",
+        core.backends.flag(),
+        message,
+        None,
+        deadline,
+        |mut c, r| async move { c.get_flags(r).await },
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Marks an obligation done; a failure only means the reconciler will redo idempotent work.
+pub async fn complete(core: &Core, lookup_id: &str, claimant: &str, deadline: &Deadline) {
+    let message = CompleteObligationRequest {
+        lookup_id: lookup_id.to_owned(),
+        claimant: claimant.to_owned(),
+    };
+    let Ok(request) = calls::request(message, deadline, None) else {
+        return;
+    };
+    if let Err(status) = core.backends.access().complete_obligation(request).await {
+        tracing::warn!(code = ?status.code(), "could not mark an obligation done; the reconciler will");
+    }
+}
+
+/// Both halves of one obligation, then done.
+async fn carry_out(core: &Core, o: &Obligation, claimant: &str) -> Result<()> {
+    let deadline = Deadline::after(Duration::from_secs(10));
+    let (notified, recorded) = tokio::join!(
+        store_notifications(core, o, &deadline),
+        record_attendance(core, o, &deadline)
+    );
+    notified?;
+    recorded?;
+    complete(core, &o.lookup_id, claimant, &deadline).await;
+    Ok(())
+}
+
+/// The reconciler: claims obligations left pending, carries them out, until shutdown.
+pub async fn reconcile(core: Arc<Core>, every: Duration) {
+    let claimant = format!("gateway-{}", uuid::Uuid::new_v4());
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = core.shutdown.wait() => return,
+        }
+        if !core.readiness.is_ready() {
+            continue;
+        }
+        let deadline = Deadline::after(Duration::from_secs(5));
+        let message = ClaimObligationsRequest {
+            claimant: claimant.clone(),
+            lease: Some(prost_types::Duration {
+                seconds: LEASE.as_secs() as i64,
+                nanos: 0,
+            }),
+            limit: BATCH,
+            pending_for: Some(prost_types::Duration {
+                seconds: PENDING_FOR.as_secs() as i64,
+                nanos: 0,
+            }),
+        };
+        let Ok(request) = calls::request(message, &deadline, None) else {
+            continue;
+        };
+        let claimed = match core.backends.access().claim_obligations(request).await {
+            Ok(r) => r.into_inner().obligations,
+            Err(status) => {
+                tracing::debug!(code = ?status.code(), "reconciler could not claim obligations");
+                continue;
+            }
+        };
+        if claimed.is_empty() {
+            continue;
+        }
+        tracing::info!(
+            count = claimed.len(),
+            "reconciler carrying out pending obligations"
+        );
+        for o in &claimed {
+            if let Err(e) = carry_out(&core, o, &claimant).await {
+                tracing::warn!(error = %e, "obligation still pending; its lease will lapse and it will be retried");
+            }
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! The two streaming calls of `LocalAuthority`.
+//!
+//! Upload: the client's stream is piped to flag-service through a small bounded channel, so a
+//! fast client waits for the registry (backpressure) instead of filling the gateway's memory.
+//! A client stream that breaks (an error, a disconnect, this handler cancelled) must never end
+//! the registry's stream cleanly, which would apply a partial upload. Dropping a gRPC call does
+//! not reliably reset its request stream, so the outbound stream ends, unless the client's
+//! ended cleanly, with one last message under a different `upload_id`: the registry rejects
+//! such a stream whole (API.md: a changing `upload_id` is `INVALID_ARGUMENT`), applying nothing.
+//!
+//! Watch: the registry's stream passed through; when this gateway shuts down it ends with
+//! `UNAVAILABLE` so the client resumes from its last cursor elsewhere.
+
+use crate::calls;
+use crate::core::{Core, Intent};
+use crate::deadline::Deadline;
+use crate::validate;
+use cpis_proto::gateway as pb;
+use platform::error::{Error, Result};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Status, Streaming};
+
+/// Messages in flight between the client and the registry.
+const UPLOAD_WINDOW: usize = 4;
+/// An upload of 50,000 records may take a while; the caller's deadline still applies if set.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The registry's request stream: the client's messages, then, unless the client's stream
+/// ended cleanly, the poison message that makes the registry reject the upload whole.
+struct UploadBody {
+    rx: tokio::sync::mpsc::Receiver<pb::UploadFlagsRequest>,
+    clean: Arc<AtomicBool>,
+    poison: Option<pb::UploadFlagsRequest>,
+}
+
+impl tokio_stream::Stream for UploadBody {
+    type Item = pb::UploadFlagsRequest;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        match self.rx.poll_recv(cx) {
+            std::task::Poll::Ready(None) if !self.clean.load(Ordering::Acquire) => {
+                std::task::Poll::Ready(self.poison.take())
+            }
+            other => other,
+        }
+    }
+}
+
+type BoxStream<T> = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = std::result::Result<T, Status>> + Send + 'static>,
+>;
+
+impl Core {
+    pub async fn upload_flags(
+        &self,
+        request: Request<Streaming<pb::UploadFlagsRequest>>,
+    ) -> Result<pb::UploadFlagsResponse> {
+        let (metadata, _, mut inbound) = request.into_parts();
+        let deadline = match metadata.get("grpc-timeout") {
+            Some(_) => Deadline::from_metadata(&metadata),
+            None => Deadline::after(UPLOAD_TIMEOUT),
+        };
+        let principal = self.authenticate(&metadata)?;
+        let first = inbound
+            .message()
+            .await
+            .map_err(|s| {
+                Error::invalid(
+                    "records",
+                    format!("the upload stream broke: {}", s.message()),
+                )
+            })?
+            .ok_or_else(|| Error::invalid("records", "an upload must carry at least one record"))?;
+        validate::upload_id(&first.upload_id)?;
+        let mut intent = Intent::new("UploadFlags");
+        intent.upload_id = first.upload_id.clone();
+        intent.request_id = first.upload_id.clone();
+        let allowed = self.decide(principal, intent, &metadata, &deadline).await?;
+
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::UploadFlagsRequest>(UPLOAD_WINDOW);
+        let clean = Arc::new(AtomicBool::new(false));
+        let body = UploadBody {
+            rx,
+            clean: clean.clone(),
+            poison: Some(pb::UploadFlagsRequest {
+                upload_id: format!("{}#broken", first.upload_id),
+                records: vec![],
+            }),
+        };
+        let outbound = calls::request(body, &deadline, Some(&allowed.principal))?;
+        let mut client = self.backends.flag();
+        let call = client.upload_flags(outbound);
+        tokio::pin!(call);
+
+        let pump = async move {
+            if tx.send(first).await.is_err() {
+                return Ok(());
+            }
+            loop {
+                match inbound.message().await {
+                    Ok(Some(message)) => {
+                        if tx.send(message).await.is_err() {
+                            return Ok(()); // the registry answered early; its answer says why
+                        }
+                    }
+                    Ok(None) => {
+                        clean.store(true, Ordering::Release);
+                        return Ok(());
+                    }
+                    Err(status) => return Err(status),
+                }
+            }
+        };
+        tokio::pin!(pump);
+
+        tokio::select! {
+            pumped = &mut pump => if let Err(status) = pumped {
+                tracing::info!(code = ?status.code(), "upload stream broke; the registry applies nothing");
+                let _ = call.await;
+                return Err(Error::Upstream(Status::cancelled(
+                    "the upload stream broke before it ended; nothing was applied",
+                )));
+            },
+            answered = &mut call => {
+                return answered.map(tonic::Response::into_inner).map_err(|s| calls::backend_error("flag-service", s));
+            }
+        }
+        call.await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| calls::backend_error("flag-service", s))
+    }
+
+    pub async fn watch_notifications(
+        &self,
+        request: Request<pb::WatchNotificationsRequest>,
+    ) -> Result<BoxStream<pb::Notification>> {
+        let (metadata, _, message) = request.into_parts();
+        let deadline = Deadline::from_metadata(&metadata);
+        let principal = self.authenticate(&metadata)?;
+        validate::watch_notifications(&message)?;
+        let allowed = self
+            .decide(
+                principal,
+                Intent::new("WatchNotifications"),
+                &metadata,
+                &deadline,
+            )
+            .await?;
+
+        let mut outbound = Request::new(message);
+        platform::principal::attach(outbound.metadata_mut(), &allowed.principal);
+        let upstream = self
+            .backends
+            .flag()
+            .watch_notifications(outbound)
+            .await
+            .map_err(|s| calls::backend_error("flag-service", s))?
+            .into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut upstream = upstream;
+            loop {
+                let item = tokio::select! {
+                    item = upstream.next() => item,
+                    _ = shutdown.wait() => {
+                        let _ = tx.send(Err(Status::unavailable("the gateway is shutting down; resume from your last cursor"))).await;
+                        return;
+                    }
+                };
+                match item {
+                    Some(Ok(notification)) => {
+                        if tx.send(Ok(notification)).await.is_err() {
+                            return; // the client went away
+                        }
+                    }
+                    Some(Err(status)) => {
+                        let _ = tx
+                            .send(Err(Status::from(calls::backend_error(
+                                "flag-service",
+                                status,
+                            ))))
+                            .await;
+                        return;
+                    }
+                    None => return,
+                }
+            }
+        });
+        let stream = ReceiverStream::new(rx);
+        Ok(Box::pin(stream))
+    }
+}
