@@ -8,7 +8,10 @@ use cpis_proto::flag::flag_registry_client::FlagRegistryClient;
 use platform::error::{Error, Result};
 use platform::health::Readiness;
 use platform::shutdown::Shutdown;
+use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::time::Duration;
+use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -21,14 +24,85 @@ pub struct Backends {
     pub access: Channel,
 }
 
-fn channel(name: &str, url: &str) -> Result<Channel> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
+/// Connections kept to each backend address: HTTP/2 multiplexes calls over one, but a few
+/// spread the load over the backend's cores and survive one connection's reset.
+const CONNECTIONS_PER_ADDRESS: usize = 2;
+const RESOLVE_EVERY: Duration = Duration::from_secs(5);
+
+fn endpoint(name: &str, url: &str) -> Result<Endpoint> {
+    Ok(Endpoint::from_shared(url.to_owned())
         .map_err(|e| Error::FailedPrecondition(format!("{name} URL {url:?}: {e}")))?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_while_idle(true);
-    Ok(endpoint.connect_lazy())
+        .keep_alive_while_idle(true))
+}
+
+/// A channel that spreads calls over every address `url`'s host resolves to (a headless
+/// Kubernetes Service lists each pod), re-resolved every few seconds so pods that come and go
+/// are followed; HTTP/2 would otherwise pin all calls to one pod.
+fn channel(name: &'static str, url: &str) -> Result<Channel> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| Error::FailedPrecondition(format!("{name} URL {url:?}: {e}")))?;
+    let scheme = uri.scheme_str().unwrap_or("http").to_owned();
+    let host = uri
+        .host()
+        .ok_or_else(|| Error::FailedPrecondition(format!("{name} URL {url:?} has no host")))?
+        .to_owned();
+    let port = uri
+        .port_u16()
+        .unwrap_or(if scheme == "https" { 443 } else { 80 });
+    endpoint(name, url)?; // the URL itself must be valid
+    let (channel, changes) = Channel::balance_channel::<(SocketAddr, usize)>(64);
+    tokio::spawn(async move {
+        let mut current: HashSet<SocketAddr> = HashSet::new();
+        loop {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            match tokio::net::lookup_host((host, port)).await {
+                Ok(found) => {
+                    let found: HashSet<SocketAddr> = found.collect();
+                    for gone in current.difference(&found) {
+                        for i in 0..CONNECTIONS_PER_ADDRESS {
+                            let _ = changes.send(Change::Remove((*gone, i))).await;
+                        }
+                    }
+                    for new in found.difference(&current) {
+                        let Ok(ep) = endpoint(name, &format!("{scheme}://{new}")) else {
+                            continue;
+                        };
+                        for i in 0..CONNECTIONS_PER_ADDRESS {
+                            if changes
+                                .send(Change::Insert((*new, i), ep.clone()))
+                                .await
+                                .is_err()
+                            {
+                                return; // the channel is gone
+                            }
+                        }
+                    }
+                    if found != current {
+                        tracing::info!(
+                            backend = name,
+                            addresses = found.len(),
+                            "backend addresses changed"
+                        );
+                    }
+                    current = found;
+                }
+                Err(e) => {
+                    tracing::warn!(backend = name, error = %e, "cannot resolve backend; keeping the addresses known")
+                }
+            }
+            let pause = if current.is_empty() {
+                Duration::from_millis(500)
+            } else {
+                RESOLVE_EVERY
+            };
+            tokio::time::sleep(pause).await;
+        }
+    });
+    Ok(channel)
 }
 
 impl Backends {

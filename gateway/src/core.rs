@@ -154,7 +154,22 @@ impl Core {
             let request = calls::request(message.clone(), deadline, principal);
             let client = client.clone();
             let f = &f;
-            async move { f(client, request.map_err(tonic::Status::from)?).await }
+            async move {
+                let request = request.map_err(tonic::Status::from)?;
+                let budget = request
+                    .metadata()
+                    .get("grpc-timeout")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(crate::deadline::parse_grpc_timeout)
+                    .unwrap_or(crate::deadline::DEFAULT_TIMEOUT);
+                // A backend with no reachable address would otherwise hold the call forever.
+                match tokio::time::timeout(budget, f(client, request)).await {
+                    Ok(answer) => answer,
+                    Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                        "{backend} did not answer in time"
+                    ))),
+                }
+            }
         })
         .await
         .map(tonic::Response::into_inner)

@@ -139,6 +139,7 @@ impl Component for Gateway {
             grace: args.serve.grace(),
             tls: platform::tls::server_config(&args.serve.tls)?,
             health_listen: args.serve.health_listen,
+            max_in_flight: args.serve.max_in_flight,
         };
         server::spawn(config, listener, routes, readiness, shutdown).await
     }

@@ -93,6 +93,10 @@ pub struct ServeArgs {
     #[arg(long, env = "CPIS_GRACE_PERIOD", default_value_t = 20)]
     pub grace_period: u64,
 
+    /// Calls in flight past which new calls are refused at once with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "CPIS_MAX_IN_FLIGHT", default_value_t = 2048)]
+    pub max_in_flight: usize,
+
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -125,6 +129,7 @@ impl ServeArgs {
             migrate: MigrateMode::Auto,
             insecure_internal: true,
             grace_period: 5,
+            max_in_flight: 2048,
             log: LogArgs {
                 log_format: LogFormat::Text,
             },

@@ -16,6 +16,7 @@ pub mod health;
 pub mod principal;
 pub mod runtime;
 pub mod server;
+pub mod shed;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]

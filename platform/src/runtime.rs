@@ -147,6 +147,7 @@ impl<M: MigratorTrait + Send + Sync + 'static> Backend<M> {
             grace: args.grace(),
             tls: None,
             health_listen: args.health_listen,
+            max_in_flight: args.max_in_flight,
         };
         server::spawn(config, listener, routes, readiness, shutdown).await
     }

@@ -25,7 +25,12 @@ pub struct ServeConfig {
     pub grace: Duration,
     pub tls: Option<ServerTlsConfig>,
     pub health_listen: Option<SocketAddr>,
+    /// Calls in flight past which new ones are shed with `RESOURCE_EXHAUSTED`.
+    pub max_in_flight: usize,
 }
+
+/// Largest message a server accepts: a full upload batch of 5,000 records fits with room.
+pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
 /// A server running in the background.
 pub struct Running {
@@ -93,6 +98,7 @@ pub async fn spawn(
             .tls_config(tls)
             .map_err(|e| Error::internal(format!("TLS configuration: {e}")))?;
     }
+    let mut builder = builder.layer(crate::shed::ShedLayer::new(config.max_in_flight));
     let router = builder.add_routes(all);
 
     if let Some(health_addr) = config.health_listen {

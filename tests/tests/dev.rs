@@ -93,25 +93,20 @@ async fn cpis_dev_serves_health_and_every_public_service_by_reflection() {
 }
 
 #[tokio::test]
-async fn public_calls_answer_unimplemented_not_a_crash_until_their_handlers_exist() {
+async fn a_lookup_without_a_valid_token_is_unauthenticated() {
     use cpis_proto::gateway::child_protection_client::ChildProtectionClient;
     let dir = tempfile::tempdir().unwrap();
     let (trigger, shutdown) = Shutdown::new();
     let system = dev::start(&args(dir.path()), shutdown).await.unwrap();
+    common::wait_for_health(system.gateway_addr, "", ServingStatus::Serving).await;
     let mut client = ChildProtectionClient::new(common::channel(system.gateway_addr).await);
-    let status = client
-        .lookup_child(cpis_proto::gateway::LookupChildRequest::default())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            status.code(),
-            tonic::Code::Unimplemented
-                | tonic::Code::Unauthenticated
-                | tonic::Code::InvalidArgument
-        ),
-        "{status:?}"
-    );
+    let status = client.lookup_child(cpis_proto::gateway::LookupChildRequest::default()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+
+    let mut request = tonic::Request::new(cpis_proto::gateway::LookupChildRequest::default());
+    request.metadata_mut().insert("authorization", "Bearer not.a.token".parse().unwrap());
+    let status = client.lookup_child(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
     trigger.fire();
     for (_, running) in system.components {
         running.wait().await.unwrap();
