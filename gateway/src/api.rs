@@ -30,9 +30,9 @@ fn answer<T>(result: platform::Result<T>) -> Answer<T> {
 /// Authenticate, validate with `check`, decide `intent`: the common head of every forwarded call.
 macro_rules! authorized {
     ($self:ident, $request:ident, $check:expr, $intent:expr) => {{
-        let (metadata, _, message) = $request.into_parts();
+        let (metadata, extensions, message) = $request.into_parts();
         let deadline = Deadline::from_metadata(&metadata);
-        let principal = $self.core.authenticate(&metadata)?;
+        let principal = $self.core.authenticate(&metadata, &extensions).await?;
         let about = $check(&message)?;
         let intent: Intent = $intent(about);
         let allowed = $self
@@ -49,8 +49,12 @@ impl ChildProtection for PublicApi {
         &self,
         request: Request<pb::LookupChildRequest>,
     ) -> Answer<pb::LookupChildResponse> {
-        let (metadata, _, message) = request.into_parts();
-        answer(self.core.lookup_child(&metadata, message).await)
+        let (metadata, extensions, message) = request.into_parts();
+        answer(
+            self.core
+                .lookup_child(&metadata, &extensions, message)
+                .await,
+        )
     }
 }
 

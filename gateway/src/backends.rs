@@ -8,6 +8,7 @@ use cpis_proto::flag::flag_registry_client::FlagRegistryClient;
 use platform::error::{Error, Result};
 use platform::health::Readiness;
 use platform::shutdown::Shutdown;
+use platform::tls::ClientFiles;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -40,8 +41,10 @@ fn endpoint(name: &str, url: &str) -> Result<Endpoint> {
 
 /// A channel that spreads calls over every address `url`'s host resolves to (a headless
 /// Kubernetes Service lists each pod), re-resolved every few seconds so pods that come and go
-/// are followed; HTTP/2 would otherwise pin all calls to one pod.
-fn channel(name: &'static str, url: &str) -> Result<Channel> {
+/// are followed; HTTP/2 would otherwise pin all calls to one pod. With `tls`, each connection
+/// is mTLS with the current internal certificate: when the files change, new connections
+/// replace the old ones (calls in flight finish on theirs).
+fn channel(name: &'static str, url: &str, tls: Option<ClientFiles>) -> Result<Channel> {
     let uri: http::Uri = url
         .parse()
         .map_err(|e| Error::FailedPrecondition(format!("{name} URL {url:?}: {e}")))?;
@@ -49,46 +52,89 @@ fn channel(name: &'static str, url: &str) -> Result<Channel> {
     let host = uri
         .host()
         .ok_or_else(|| Error::FailedPrecondition(format!("{name} URL {url:?} has no host")))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
         .to_owned();
     let port = uri
         .port_u16()
         .unwrap_or(if scheme == "https" { 443 } else { 80 });
-    endpoint(name, url)?; // the URL itself must be valid
-    let (channel, changes) = Channel::balance_channel::<(SocketAddr, usize)>(64);
+    if (scheme == "https") != tls.is_some() {
+        return Err(Error::FailedPrecondition(format!(
+            "{name} URL {url:?}: use https:// with --tls-internal-ca (mTLS), http:// without"
+        )));
+    }
+    let tls_files = tls.clone();
+    let make = {
+        let host = host.clone();
+        move |addr: SocketAddr| -> Result<Endpoint> {
+            let ep = endpoint(name, &format!("{scheme}://{addr}"))?;
+            match &tls {
+                Some(files) => ep
+                    .tls_config(files.client_config(&host)?)
+                    .map_err(|e| Error::FailedPrecondition(format!("{name} TLS: {e}"))),
+                None => Ok(ep),
+            }
+        }
+    };
+    let (channel, changes) = Channel::balance_channel::<(SocketAddr, usize, u64)>(64);
     tokio::spawn(async move {
         let mut current: HashSet<SocketAddr> = HashSet::new();
+        let mut generation = 0u64;
+        let mut certs = tls_files.as_ref().map(ClientFiles::fingerprint);
         loop {
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            match tokio::net::lookup_host((host, port)).await {
+            let now_certs = tls_files.as_ref().map(ClientFiles::fingerprint);
+            let rotated = now_certs != certs;
+            match tokio::net::lookup_host((host.as_str(), port)).await {
                 Ok(found) => {
                     let found: HashSet<SocketAddr> = found.collect();
-                    for gone in current.difference(&found) {
-                        for i in 0..CONNECTIONS_PER_ADDRESS {
-                            let _ = changes.send(Change::Remove((*gone, i))).await;
-                        }
-                    }
-                    for new in found.difference(&current) {
-                        let Ok(ep) = endpoint(name, &format!("{scheme}://{new}")) else {
-                            continue;
-                        };
-                        for i in 0..CONNECTIONS_PER_ADDRESS {
-                            if changes
-                                .send(Change::Insert((*new, i), ep.clone()))
-                                .await
-                                .is_err()
-                            {
-                                return; // the channel is gone
+                    let next_generation = if rotated { generation + 1 } else { generation };
+                    // Build the new endpoints first: a half-written certificate keeps the old ones.
+                    let mut inserts = Vec::new();
+                    let mut ok = true;
+                    for addr in found.iter().filter(|a| rotated || !current.contains(a)) {
+                        match make(*addr) {
+                            Ok(ep) => inserts.push((*addr, ep)),
+                            Err(e) => {
+                                tracing::warn!(backend = name, error = %e, "cannot build a backend connection; keeping the old ones");
+                                ok = false;
+                                break;
                             }
                         }
                     }
-                    if found != current {
-                        tracing::info!(
-                            backend = name,
-                            addresses = found.len(),
-                            "backend addresses changed"
-                        );
+                    if ok {
+                        for (addr, ep) in inserts {
+                            for i in 0..CONNECTIONS_PER_ADDRESS {
+                                if changes
+                                    .send(Change::Insert((addr, i, next_generation), ep.clone()))
+                                    .await
+                                    .is_err()
+                                {
+                                    return; // the channel is gone
+                                }
+                            }
+                        }
+                        for addr in current.iter().filter(|a| rotated || !found.contains(a)) {
+                            for i in 0..CONNECTIONS_PER_ADDRESS {
+                                let _ = changes.send(Change::Remove((*addr, i, generation))).await;
+                            }
+                        }
+                        if rotated {
+                            tracing::info!(
+                                backend = name,
+                                "internal certificate changed: new connections use it"
+                            );
+                            certs = now_certs;
+                        }
+                        if found != current {
+                            tracing::info!(
+                                backend = name,
+                                addresses = found.len(),
+                                "backend addresses changed"
+                            );
+                        }
+                        generation = next_generation;
+                        current = found;
                     }
-                    current = found;
                 }
                 Err(e) => {
                     tracing::warn!(backend = name, error = %e, "cannot resolve backend; keeping the addresses known")
@@ -107,11 +153,16 @@ fn channel(name: &'static str, url: &str) -> Result<Channel> {
 
 impl Backends {
     /// Lazy connections: the gateway starts (NOT_SERVING) while its backends are still down.
-    pub fn connect(flag_url: &str, attendance_url: &str, access_url: &str) -> Result<Self> {
+    pub fn connect(
+        flag_url: &str,
+        attendance_url: &str,
+        access_url: &str,
+        tls: Option<ClientFiles>,
+    ) -> Result<Self> {
         Ok(Backends {
-            flag: channel("flag-service", flag_url)?,
-            attendance: channel("attendance-service", attendance_url)?,
-            access: channel("access-service", access_url)?,
+            flag: channel("flag-service", flag_url, tls.clone())?,
+            attendance: channel("attendance-service", attendance_url, tls.clone())?,
+            access: channel("access-service", access_url, tls)?,
         })
     }
 

@@ -6,12 +6,13 @@ use crate::auth::Authenticator;
 use crate::backends::Backends;
 use crate::calls::{self, RetryBudget};
 use crate::deadline::Deadline;
-use cpis_proto::access::{DecideRequest, Decision, Principal};
+use cpis_proto::access::{DecideRequest, Decision, Principal, ResolveSystemRequest};
 use cpis_proto::gateway::Setting;
 use platform::domain::{AccessKind, DenyReason, NhsNumber};
 use platform::error::{Error, Result};
 use platform::health::Readiness;
 use platform::shutdown::Shutdown;
+use platform::tls::PeerInfo;
 use tonic::metadata::MetadataMap;
 
 pub struct Core {
@@ -67,10 +68,47 @@ fn trace_id(metadata: &MetadataMap) -> String {
 }
 
 impl Core {
-    /// The verified identity of the caller; no identity, no data.
-    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Principal> {
+    /// The verified identity of the caller; no identity, no data. A user presents a bearer
+    /// token; a council system without one is known by its client certificate's SAN, which
+    /// access-service maps to its organisation and activities.
+    pub async fn authenticate(
+        &self,
+        metadata: &MetadataMap,
+        extensions: &http::Extensions,
+    ) -> Result<Principal> {
         self.readiness.check()?;
-        self.auth.authenticate(metadata)
+        if metadata.get("authorization").is_some() {
+            return self.auth.authenticate(metadata);
+        }
+        let peer = extensions.get::<PeerInfo>().cloned().unwrap_or_default();
+        let Some(san) = peer.client_sans.first() else {
+            return self.auth.authenticate(metadata);
+        };
+        let deadline = Deadline::after(std::time::Duration::from_secs(5));
+        let resolved = self
+            .call(
+                "access-service",
+                self.backends.access(),
+                ResolveSystemRequest { san: san.clone() },
+                None,
+                &deadline,
+                |mut c, r| async move { c.resolve_system(r).await },
+            )
+            .await
+            .map_err(|e| match e {
+                Error::Upstream(s) if s.code() == tonic::Code::NotFound => Error::Unauthenticated(
+                    "this client certificate is not registered as a system".into(),
+                ),
+                other => other,
+            })?;
+        Ok(Principal {
+            user_id: String::new(),
+            system_san: resolved.san,
+            ods_code: resolved.ods_code,
+            role_code: String::new(),
+            activities: resolved.activities,
+            organisation_name: resolved.organisation_name,
+        })
     }
 
     /// One decision by access-service. Unreachable → `UNAVAILABLE`, never a guess (fail closed).

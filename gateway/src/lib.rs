@@ -96,7 +96,28 @@ impl Component for Gateway {
     type Args = GatewayArgs;
 
     async fn start(args: GatewayArgs, shutdown: Shutdown) -> platform::Result<Running> {
-        let backends = Backends::connect(&args.flag_url, &args.attendance_url, &args.access_url)?;
+        let internal_tls = match (
+            &args.serve.tls.tls_internal_ca,
+            &args.serve.tls.tls_internal_cert,
+            &args.serve.tls.tls_internal_key,
+        ) {
+            (Some(ca), Some(cert), Some(key)) => Some(platform::tls::ClientFiles {
+                ca: ca.clone(),
+                identity: Some((cert.clone(), key.clone())),
+            }),
+            (Some(_), _, _) => {
+                return Err(platform::Error::FailedPrecondition(
+                    "--tls-internal-ca needs --tls-internal-cert and --tls-internal-key: backends accept only the gateway's certificate".into(),
+                ));
+            }
+            _ => None,
+        };
+        let backends = Backends::connect(
+            &args.flag_url,
+            &args.attendance_url,
+            &args.access_url,
+            internal_tls,
+        )?;
         let readiness =
             Readiness::new(tonic_health::server::HealthReporter::new(), &SERVICES).await;
         tokio::spawn(backends::watch(
@@ -137,7 +158,10 @@ impl Component for Gateway {
             name: NAME,
             services: SERVICES.to_vec(),
             grace: args.serve.grace(),
-            tls: platform::tls::server_config(&args.serve.tls)?,
+            tls: platform::tls::ServerTls::from_args(
+                &args.serve.tls,
+                platform::tls::ClientAuth::Optional,
+            )?,
             health_listen: args.serve.health_listen,
             max_in_flight: args.serve.max_in_flight,
         };

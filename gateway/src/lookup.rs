@@ -70,10 +70,11 @@ impl Core {
     pub async fn lookup_child(
         &self,
         metadata: &tonic::metadata::MetadataMap,
+        extensions: &http::Extensions,
         request: LookupChildRequest,
     ) -> Result<LookupChildResponse> {
         let deadline = Deadline::from_metadata(metadata);
-        let principal = self.authenticate(metadata)?;
+        let principal = self.authenticate(metadata, extensions).await?;
         let lookup = validate(&request)?;
         let allowed = self
             .decide(principal, lookup.intent, metadata, &deadline)

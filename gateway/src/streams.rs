@@ -62,12 +62,12 @@ impl Core {
         &self,
         request: Request<Streaming<pb::UploadFlagsRequest>>,
     ) -> Result<pb::UploadFlagsResponse> {
-        let (metadata, _, mut inbound) = request.into_parts();
+        let (metadata, extensions, mut inbound) = request.into_parts();
         let deadline = match metadata.get("grpc-timeout") {
             Some(_) => Deadline::from_metadata(&metadata),
             None => Deadline::after(UPLOAD_TIMEOUT),
         };
-        let principal = self.authenticate(&metadata)?;
+        let principal = self.authenticate(&metadata, &extensions).await?;
         let first = inbound
             .message()
             .await
@@ -141,9 +141,9 @@ impl Core {
         &self,
         request: Request<pb::WatchNotificationsRequest>,
     ) -> Result<BoxStream<pb::Notification>> {
-        let (metadata, _, message) = request.into_parts();
+        let (metadata, extensions, message) = request.into_parts();
         let deadline = Deadline::from_metadata(&metadata);
-        let principal = self.authenticate(&metadata)?;
+        let principal = self.authenticate(&metadata, &extensions).await?;
         validate::watch_notifications(&message)?;
         let allowed = self
             .decide(

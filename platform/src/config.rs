@@ -52,6 +52,24 @@ pub struct TlsArgs {
     /// CA bundle of our own services, trusted when calling them.
     #[arg(long, env = "CPIS_TLS_INTERNAL_CA")]
     pub tls_internal_ca: Option<PathBuf>,
+
+    /// The certificate this service presents when it calls our other services (gateway).
+    #[arg(long, env = "CPIS_TLS_INTERNAL_CERT", requires = "tls_internal_key")]
+    pub tls_internal_cert: Option<PathBuf>,
+
+    /// The private key of `--tls-internal-cert`.
+    #[arg(long, env = "CPIS_TLS_INTERNAL_KEY", requires = "tls_internal_cert")]
+    pub tls_internal_key: Option<PathBuf>,
+
+    /// SANs of the gateway's client certificate: a backend believes forwarded identities only
+    /// from a peer presenting one of them (comma-separated).
+    #[arg(
+        long = "gateway-san",
+        env = "CPIS_GATEWAY_SAN",
+        value_delimiter = ',',
+        default_value = "spiffe://cluster.local/ns/cpis/sa/gateway"
+    )]
+    pub gateway_sans: Vec<String>,
 }
 
 /// Everything a backend or the gateway needs to serve.

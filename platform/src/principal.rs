@@ -17,6 +17,8 @@ pub const METADATA_KEY: &str = "cpis-principal-bin";
 pub enum PeerTrust {
     /// `--insecure-internal`: loopback peers are trusted, nothing else.
     Loopback,
+    /// mTLS: a peer whose verified client certificate carries one of these SANs.
+    Gateway { sans: Vec<String> },
 }
 
 /// Attaches the principal to an outgoing backend call.
@@ -29,8 +31,13 @@ pub fn attach(metadata: &mut MetadataMap, principal: &Principal) {
 
 /// The forwarded principal of an incoming call, if its peer may forward one.
 pub fn from_request<T>(request: &Request<T>, trust: &PeerTrust) -> Result<Principal> {
+    let peer = crate::tls::PeerInfo::of(request);
     let trusted = match trust {
-        PeerTrust::Loopback => request.remote_addr().is_some_and(|a| a.ip().is_loopback()),
+        PeerTrust::Loopback => peer
+            .remote_addr
+            .or_else(|| request.remote_addr())
+            .is_some_and(|a| a.ip().is_loopback()),
+        PeerTrust::Gateway { sans } => peer.client_sans.iter().any(|s| sans.contains(s)),
     };
     if !trusted {
         return Err(Error::Unauthenticated(

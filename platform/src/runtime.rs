@@ -145,7 +145,7 @@ impl<M: MigratorTrait + Send + Sync + 'static> Backend<M> {
             name: self.name,
             services: self.services,
             grace: args.grace(),
-            tls: None,
+            tls: crate::tls::ServerTls::from_args(&args.tls, crate::tls::ClientAuth::Required)?,
             health_listen: args.health_listen,
             max_in_flight: args.max_in_flight,
         };
@@ -153,9 +153,21 @@ impl<M: MigratorTrait + Send + Sync + 'static> Backend<M> {
     }
 }
 
-/// Backends believe forwarded identities only from the gateway. Without mTLS that is possible
-/// only with `--insecure-internal`, and then only on loopback.
+/// Backends believe forwarded identities only from the gateway: with mTLS, a peer whose client
+/// certificate carries the gateway's SAN; without it, only under `--insecure-internal`, and
+/// then only on loopback.
 fn internal_trust(name: &str, args: &ServeArgs, listen: SocketAddr) -> Result<PeerTrust> {
+    let mtls = args.tls.tls_cert.is_some() && args.tls.tls_client_ca.is_some();
+    if mtls {
+        if args.tls.gateway_sans.is_empty() {
+            return Err(Error::FailedPrecondition(
+                "--gateway-san must name the gateway's certificate".into(),
+            ));
+        }
+        return Ok(PeerTrust::Gateway {
+            sans: args.tls.gateway_sans.clone(),
+        });
+    }
     if !args.insecure_internal {
         return Err(Error::FailedPrecondition(format!(
             "{name} needs mutual TLS with the gateway (--tls-cert, --tls-key, --tls-client-ca), \

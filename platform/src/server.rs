@@ -5,25 +5,26 @@
 use crate::error::{Error, Result};
 use crate::health::Readiness;
 use crate::shutdown::Shutdown;
+use crate::tls::ServerTls;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
-use tonic::transport::{Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::HealthService;
 
 /// What one process serves.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ServeConfig {
     /// The binary's name, for logs (`flag-service`).
     pub name: &'static str,
     /// Fully qualified gRPC service names: health reports them, reflection lists them.
     pub services: Vec<&'static str>,
     pub grace: Duration,
-    pub tls: Option<ServerTlsConfig>,
+    pub tls: Option<ServerTls>,
     pub health_listen: Option<SocketAddr>,
     /// Calls in flight past which new ones are shed with `RESOURCE_EXHAUSTED`.
     pub max_in_flight: usize,
@@ -92,13 +93,12 @@ pub async fn spawn(
     let health = HealthServer::new(HealthService::from_health_reporter(readiness.reporter()));
     let all = with_reflection(routes.add_service(health.clone()), &config.services)?;
 
-    let mut builder = Server::builder();
     if let Some(tls) = config.tls.clone() {
-        builder = builder
-            .tls_config(tls)
-            .map_err(|e| Error::internal(format!("TLS configuration: {e}")))?;
+        tokio::spawn(tls.watch(shutdown.clone()));
     }
-    let mut builder = builder.layer(crate::shed::ShedLayer::new(config.max_in_flight));
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .layer(crate::shed::ShedLayer::new(config.max_in_flight));
     let router = builder.add_routes(all);
 
     if let Some(health_addr) = config.health_listen {
@@ -121,6 +121,7 @@ pub async fn spawn(
     tracing::info!(service = config.name, %addr, tls = config.tls.is_some(), "serving");
     let name = config.name;
     let grace = config.grace;
+    let incoming = crate::tls::incoming(listener, config.tls, shutdown.clone());
     let task = tokio::spawn(async move {
         let stop_accepting = {
             let shutdown = shutdown.clone();
@@ -131,8 +132,7 @@ pub async fn spawn(
                 tracing::info!(service = name, "not serving; draining calls in flight");
             }
         };
-        let serve =
-            router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop_accepting);
+        let serve = router.serve_with_incoming_shutdown(incoming, stop_accepting);
         tokio::pin!(serve);
         tokio::select! {
             result = &mut serve => result.map_err(|e| Error::internal(format!("server: {e}"))),

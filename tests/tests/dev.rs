@@ -100,11 +100,16 @@ async fn a_lookup_without_a_valid_token_is_unauthenticated() {
     let system = dev::start(&args(dir.path()), shutdown).await.unwrap();
     common::wait_for_health(system.gateway_addr, "", ServingStatus::Serving).await;
     let mut client = ChildProtectionClient::new(common::channel(system.gateway_addr).await);
-    let status = client.lookup_child(cpis_proto::gateway::LookupChildRequest::default()).await.unwrap_err();
+    let status = client
+        .lookup_child(cpis_proto::gateway::LookupChildRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
 
     let mut request = tonic::Request::new(cpis_proto::gateway::LookupChildRequest::default());
-    request.metadata_mut().insert("authorization", "Bearer not.a.token".parse().unwrap());
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer not.a.token".parse().unwrap());
     let status = client.lookup_child(request).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
     trigger.fire();
