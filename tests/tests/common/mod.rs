@@ -3,6 +3,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod certs;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
