@@ -1,0 +1,282 @@
+//! The whole system as separate processes on loopback, the way production runs it: three
+//! backends with mTLS (certificates made by rcgen), the gateway in front, tokens signed by a
+//! development key, and — when configured — PostgreSQL and Redis instead of SQLite.
+
+use super::certs::{Ca, GATEWAY_SAN, Pem};
+use super::{binary, free_port};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic_health::pb::health_check_response::ServingStatus;
+
+pub const BACKENDS: [&str; 3] = ["access-service", "flag-service", "attendance-service"];
+
+pub struct Options {
+    /// Backends on PostgreSQL (and flag-service on Redis) when the test servers are configured.
+    pub postgres: bool,
+    /// Serve the public API over TLS, accepting council system certificates.
+    pub public_tls: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            postgres: true,
+            public_tls: false,
+        }
+    }
+}
+
+struct Process {
+    child: Child,
+    port: u16,
+    env: Vec<(String, String)>,
+}
+
+pub struct System {
+    pub dir: tempfile::TempDir,
+    pub ca: Ca,
+    pub system_ca: Ca,
+    processes: HashMap<&'static str, Process>,
+    _databases: Vec<platform::testing::TestDatabase>,
+    pub gateway_tls: bool,
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        for p in self.processes.values_mut() {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+}
+
+fn spawn(name: &str, env: &[(String, String)], log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(binary(name))
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env_remove("CPIS_INSECURE_INTERNAL")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+fn kv(k: &str, v: impl AsRef<str>) -> (String, String) {
+    (k.to_owned(), v.as_ref().to_owned())
+}
+
+fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
+
+impl System {
+    pub async fn start(options: Options) -> System {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new("cpis internal CA");
+        let system_ca = Ca::new("council systems CA");
+        let ca_path = ca.write(dir.path(), "internal-ca");
+        let system_ca_path = system_ca.write(dir.path(), "system-ca");
+        cpis_cli::devkeys::ensure(dir.path()).unwrap();
+
+        let mut databases = Vec::new();
+        let mut processes = HashMap::new();
+        let redis = if options.postgres {
+            platform::testing::redis_url()
+        } else {
+            None
+        };
+        for name in BACKENDS {
+            let data = dir.path().join(name);
+            std::fs::create_dir_all(&data).unwrap();
+            let server: Pem = ca.server(dir.path(), name);
+            let port = free_port();
+            let mut env = vec![
+                kv("CPIS_DATA_DIR", path_str(&data)),
+                kv("CPIS_LISTEN", format!("127.0.0.1:{port}")),
+                kv("CPIS_TLS_CERT", path_str(&server.cert)),
+                kv("CPIS_TLS_KEY", path_str(&server.key)),
+                kv("CPIS_TLS_CLIENT_CA", path_str(&ca_path)),
+                kv("CPIS_GATEWAY_SAN", GATEWAY_SAN),
+                kv("CPIS_GRACE_PERIOD", "5"),
+            ];
+            if options.postgres
+                && let Some(db) = platform::testing::postgres(name).await
+            {
+                env.push(kv("CPIS_DATABASE_URL", &db.url));
+                databases.push(db);
+            }
+            if name == "flag-service"
+                && let Some(url) = &redis
+            {
+                // A database of its own on the shared server, emptied, so tests do not meet.
+                env.push(kv("CPIS_REDIS_URL", url));
+            }
+            let child = spawn(name, &env, &dir.path().join(format!("{name}.log")));
+            processes.insert(name, Process { child, port, env });
+        }
+
+        let gateway_identity = ca.gateway(dir.path());
+        let port = free_port();
+        let url = |name: &str| format!("https://localhost:{}", processes[name].port);
+        let mut env = vec![
+            kv("CPIS_LISTEN", format!("127.0.0.1:{port}")),
+            kv("CPIS_FLAG_URL", url("flag-service")),
+            kv("CPIS_ATTENDANCE_URL", url("attendance-service")),
+            kv("CPIS_ACCESS_URL", url("access-service")),
+            kv("CPIS_JWKS_FILE", path_str(&dir.path().join("jwks.json"))),
+            kv("CPIS_TOKEN_ISSUER", cpis_cli::devkeys::ISSUER),
+            kv("CPIS_TOKEN_AUDIENCE", cpis_cli::devkeys::AUDIENCE),
+            kv("CPIS_TLS_INTERNAL_CA", path_str(&ca_path)),
+            kv("CPIS_TLS_INTERNAL_CERT", path_str(&gateway_identity.cert)),
+            kv("CPIS_TLS_INTERNAL_KEY", path_str(&gateway_identity.key)),
+            kv("CPIS_GRACE_PERIOD", "5"),
+        ];
+        if options.public_tls {
+            let public = ca.server(dir.path(), "gateway-public");
+            env.push(kv("CPIS_TLS_CERT", path_str(&public.cert)));
+            env.push(kv("CPIS_TLS_KEY", path_str(&public.key)));
+            env.push(kv("CPIS_TLS_CLIENT_CA", path_str(&system_ca_path)));
+        }
+        let child = spawn("gateway", &env, &dir.path().join("gateway.log"));
+        processes.insert("gateway", Process { child, port, env });
+
+        let system = System {
+            dir,
+            ca,
+            system_ca,
+            processes,
+            _databases: databases,
+            gateway_tls: options.public_tls,
+        };
+        system.wait_ready().await;
+        system
+    }
+
+    pub fn gateway_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.processes["gateway"].port))
+    }
+
+    /// The gateway's log so far, for a failing assertion's message.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    fn tls_for(&self, identity: Option<&Pem>) -> ClientTlsConfig {
+        let mut config = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca.pem))
+            .domain_name("localhost");
+        if let Some(p) = identity {
+            config = config.identity(Identity::from_pem(
+                std::fs::read(&p.cert).unwrap(),
+                std::fs::read(&p.key).unwrap(),
+            ));
+        }
+        config
+    }
+
+    /// A channel to the gateway (TLS when the system serves it, with `identity` if given).
+    pub fn channel_as(&self, identity: Option<&Pem>) -> Channel {
+        if self.gateway_tls {
+            Endpoint::from_shared(format!(
+                "https://localhost:{}",
+                self.processes["gateway"].port
+            ))
+            .unwrap()
+            .tls_config(self.tls_for(identity))
+            .unwrap()
+            .connect_lazy()
+        } else {
+            Endpoint::from_shared(format!("http://{}", self.gateway_addr()))
+                .unwrap()
+                .connect_lazy()
+        }
+    }
+
+    pub fn channel(&self) -> Channel {
+        self.channel_as(None)
+    }
+
+    /// A channel straight to a backend, presenting `identity` (or none).
+    pub fn backend_channel(&self, name: &str, identity: Option<&Pem>) -> Channel {
+        Endpoint::from_shared(format!("https://localhost:{}", self.processes[name].port))
+            .unwrap()
+            .tls_config(self.tls_for(identity))
+            .unwrap()
+            .connect_lazy()
+    }
+
+    pub fn token(&self, user: &str, org: &str, role: &str, activities: &[&str]) -> String {
+        let args = cpis_cli::token::TokenArgs {
+            user: user.into(),
+            org: org.into(),
+            role: role.into(),
+            activities: activities.iter().map(|a| a.to_string()).collect(),
+            ttl: Duration::from_secs(3600),
+            data_dir: self.dir.path().to_owned(),
+        };
+        cpis_cli::token::mint(&args).unwrap()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().to_owned()
+    }
+
+    pub async fn wait_ready(&self) {
+        for _ in 0..300 {
+            if self.gateway_status().await == Some(ServingStatus::Serving) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the gateway never became SERVING:\n{}", self.log("gateway"));
+    }
+
+    async fn gateway_status(&self) -> Option<ServingStatus> {
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_client::HealthClient;
+        let mut request = tonic::Request::new(HealthCheckRequest {
+            service: String::new(),
+        });
+        request.set_timeout(Duration::from_secs(1));
+        HealthClient::new(self.channel())
+            .check(request)
+            .await
+            .ok()
+            .map(|r| r.into_inner().status())
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self, name: &str) {
+        let p = self.processes.get_mut(name).unwrap();
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn terminate(&mut self, name: &str) -> std::process::ExitStatus {
+        let p = self.processes.get_mut(name).unwrap();
+        let _ = Command::new("kill")
+            .args(["-TERM", &p.child.id().to_string()])
+            .status();
+        p.child.wait().unwrap()
+    }
+
+    /// Starts `name` again with the same configuration (same port, same database).
+    pub async fn restart(&mut self, name: &'static str) {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let p = self.processes.get_mut(name).unwrap();
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+        p.child = spawn(name, &p.env, &log);
+        self.wait_ready().await;
+    }
+}
