@@ -27,16 +27,24 @@ pub fn attach(metadata: &mut MetadataMap, principal: &Principal) {
     );
 }
 
-/// The forwarded principal of an incoming call, if its peer may forward one.
-pub fn from_request<T>(request: &Request<T>, trust: &PeerTrust) -> Result<Principal> {
+/// Refuses a call whose peer is not trusted to be the gateway: for internal calls that need
+/// no principal (the gateway calling on its own behalf, such as its reconciler).
+pub fn require_gateway_peer<T>(request: &Request<T>, trust: &PeerTrust) -> Result<()> {
     let trusted = match trust {
         PeerTrust::Loopback => request.remote_addr().is_some_and(|a| a.ip().is_loopback()),
     };
-    if !trusted {
-        return Err(Error::Unauthenticated(
+    if trusted {
+        Ok(())
+    } else {
+        Err(Error::Unauthenticated(
             "only the gateway may call this service".into(),
-        ));
+        ))
     }
+}
+
+/// The forwarded principal of an incoming call, if its peer may forward one.
+pub fn from_request<T>(request: &Request<T>, trust: &PeerTrust) -> Result<Principal> {
+    require_gateway_peer(request, trust)?;
     let value = request
         .metadata()
         .get_bin(METADATA_KEY)
@@ -79,6 +87,15 @@ mod tests {
         assert!(untrusted.is_err());
         let bytes = md.get_bin(METADATA_KEY).unwrap().to_bytes().unwrap();
         assert_eq!(Principal::decode(bytes.as_ref()).unwrap(), user());
+    }
+
+    #[test]
+    fn a_request_without_a_loopback_peer_is_not_the_gateway() {
+        let request = Request::new(());
+        assert!(matches!(
+            require_gateway_peer(&request, &PeerTrust::Loopback),
+            Err(Error::Unauthenticated(_))
+        ));
     }
 
     #[test]
