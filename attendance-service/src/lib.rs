@@ -2,12 +2,25 @@
 //!
 //! Every notifying lookup is an attendance: the child was seen at a setting. This service
 //! records them idempotently by lookup id and summarises them (rolling 30/90/365-day counts
-//! and the 25 most recent) as of an instant, so answers are reproducible.
+//! and the 25 most recent) as of an instant, so answers are reproducible. Expired attendances
+//! are purged in the background. A call enters in [`handlers`], is validated by
+//! [`attendance`] or [`summary`], and is stored by [`storage`] in the table of [`entities`].
 
+pub mod attendance;
+pub mod config;
+pub mod entities;
+pub mod error;
+pub mod handlers;
 pub mod migration;
+pub mod retention;
+pub mod storage;
+pub mod summary;
 
-use platform::config::{DatabaseArgs, LogArgs, ServeArgs};
-use platform::runtime::{Backend, BackendContext, Component};
+pub use config::{AttendanceArgs, RetentionArgs};
+pub use handlers::Handlers;
+
+use platform::config::{DatabaseArgs, LogArgs};
+use platform::runtime::{Backend, Component};
 use platform::server::Running;
 use platform::shutdown::Shutdown;
 use std::net::SocketAddr;
@@ -17,35 +30,33 @@ pub const NAME: &str = "attendance-service";
 pub const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50062);
 
-/// The gRPC handlers; each answers `UNIMPLEMENTED` until written.
-#[derive(Clone)]
-pub struct Handlers {
-    #[allow(dead_code)]
-    context: BackendContext,
-}
-
-impl cpis_proto::attendance::attendance_log_server::AttendanceLog for Handlers {}
-
 pub struct AttendanceService;
 
 impl Component for AttendanceService {
     const NAME: &'static str = NAME;
     const ABOUT: &'static str =
         "The unscheduled-care attendance log: recording and summarising attendances";
-    type Args = ServeArgs;
+    type Args = AttendanceArgs;
 
-    async fn start(args: ServeArgs, shutdown: Shutdown) -> platform::Result<Running> {
+    async fn start(args: AttendanceArgs, shutdown: Shutdown) -> platform::Result<Running> {
         let backend = Backend::<migration::Migrator> {
             name: NAME,
             default_listen: DEFAULT_LISTEN,
             services: vec![cpis_proto::service_names::ATTENDANCE_LOG],
             migrator: std::marker::PhantomData,
         };
+        let retention = args.retention;
         backend
-            .start(&args, shutdown, |context| {
+            .start(&args.serve, shutdown, |context| {
+                tokio::spawn(retention::run(
+                    storage::Attendances::new(context.db.clone()),
+                    retention,
+                    context.readiness.clone(),
+                    context.shutdown.clone(),
+                ));
                 Routes::new(
                     cpis_proto::attendance::attendance_log_server::AttendanceLogServer::new(
-                        Handlers { context },
+                        Handlers::new(context),
                     ),
                 )
             })
@@ -56,7 +67,7 @@ impl Component for AttendanceService {
         platform::runtime::migrate::<migration::Migrator>(NAME, &args).await
     }
 
-    fn log_args(args: &ServeArgs) -> &LogArgs {
-        &args.log
+    fn log_args(args: &AttendanceArgs) -> &LogArgs {
+        &args.serve.log
     }
 }

@@ -51,9 +51,11 @@ pub async fn start(args: &DevArgs, shutdown: Shutdown) -> Result<DevSystem> {
     let access =
         access_service::AccessService::start(backend_args.clone(), shutdown.clone()).await?;
     let flag = flag_service::FlagService::start(backend_args.clone(), shutdown.clone()).await?;
-    let attendance =
-        attendance_service::AttendanceService::start(backend_args.clone(), shutdown.clone())
-            .await?;
+    let attendance = attendance_service::AttendanceService::start(
+        attendance_service::AttendanceArgs::embedded(args.data_dir.clone()),
+        shutdown.clone(),
+    )
+    .await?;
 
     let mut gateway_serve = ServeArgs::embedded(args.data_dir.clone());
     gateway_serve.listen = Some(args.listen);

@@ -1,0 +1,421 @@
+//! Benchmark of the attendance summary on PostgreSQL at several table sizes: bulk-load
+//! throughput (COPY), single-record throughput (`record`), and the latency of
+//! `Attendances::summarize` (the exact statement the service runs) for random children.
+//!
+//! ```text
+//! CPIS_BENCH_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres \
+//!   cargo run --release -p attendance-service --example summary_bench -- --rows 10000,10000000
+//! ```
+//! Each size gets a database of its own (`cpis_bench_attendance_<rows>`, dropped afterwards
+//! unless `--keep`); queries to the sizes run interleaved. A smoke run:
+//! `--rows 2000 --queries 200 --warmup 20`.
+
+use anyhow::{Context, Result, bail};
+use attendance_service::attendance::Attendance;
+use attendance_service::migration::Migrator;
+use attendance_service::storage::{Attendances, summary_statement};
+use chrono::{DateTime, Duration, Utc};
+use clap::Parser;
+use platform::domain::{NhsNumber, OdsCode, SettingType};
+use sea_orm::sqlx::postgres::PgPoolCopyExt;
+use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
+use std::time::Instant;
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Table sizes to measure, smallest first; ratios are against the first.
+    #[arg(long, value_delimiter = ',', default_value = "10000,10000000")]
+    rows: Vec<u64>,
+    /// Distinct children per attendance row (10M rows -> ~1.5M children).
+    #[arg(long, default_value_t = 0.15)]
+    children_per_row: f64,
+    /// Timed single-number summaries per size, after the warm-up.
+    #[arg(long, default_value_t = 5000)]
+    queries: usize,
+    /// Untimed summaries first.
+    #[arg(long, default_value_t = 1000)]
+    warmup: usize,
+    /// Timed summaries of 100 numbers at once per size.
+    #[arg(long, default_value_t = 300)]
+    batch_queries: usize,
+    /// Sequential `record` calls timed per size.
+    #[arg(long, default_value_t = 2000)]
+    records: usize,
+    /// Keep the databases afterwards.
+    #[arg(long)]
+    keep: bool,
+}
+
+/// splitmix64: reproducible synthetic data without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+const UNSCHEDULED: [(&str, u64); 9] = [
+    ("EMERGENCY_DEPARTMENT", 45),
+    ("URGENT_TREATMENT_CENTRE", 15),
+    ("MINOR_INJURY_UNIT", 10),
+    ("WALK_IN_CENTRE", 8),
+    ("NHS_111", 8),
+    ("OUT_OF_HOURS_GP", 6),
+    ("AMBULANCE", 4),
+    ("PAEDIATRIC_WARD", 3),
+    ("MATERNITY", 1),
+];
+
+/// The synthetic population: `children` valid NHS numbers; the first 5% are frequent
+/// attenders who get 25% of all attendances (the rest spread evenly), so most children have
+/// a handful of attendances and a few have dozens.
+struct Population {
+    children: Vec<NhsNumber>,
+}
+
+impl Population {
+    fn new(count: usize) -> Self {
+        let children = (400_000_000u32..)
+            .filter_map(NhsNumber::from_first_nine)
+            .take(count.max(1))
+            .collect();
+        Population { children }
+    }
+    fn frequent(&self) -> usize {
+        (self.children.len() / 20).max(1)
+    }
+    fn pick_for_attendance(&self, rng: &mut Rng) -> NhsNumber {
+        let n = if rng.unit() < 0.25 {
+            rng.below(self.frequent() as u64)
+        } else {
+            rng.below(self.children.len() as u64)
+        };
+        self.children[n as usize]
+    }
+    fn pick_any(&self, rng: &mut Rng) -> NhsNumber {
+        self.children[rng.below(self.children.len() as u64) as usize]
+    }
+}
+
+fn setting(rng: &mut Rng) -> &'static str {
+    let mut roll = rng.below(100);
+    for (name, weight) in UNSCHEDULED {
+        if roll < weight {
+            return name;
+        }
+        roll -= weight;
+    }
+    "EMERGENCY_DEPARTMENT"
+}
+
+fn lookup_id(rng: &mut Rng, i: u64) -> String {
+    let a = rng.next();
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        rng.next() & 0xffff,
+        i
+    )
+}
+
+/// One COPY text line, with the service's own stored forms.
+fn copy_line(out: &mut String, rng: &mut Rng, people: &Population, i: u64, now: DateTime<Utc>) {
+    use std::fmt::Write;
+    let window = 400 * 86_400_000_000i64;
+    let attended = now - Duration::microseconds(rng.below(window as u64) as i64);
+    let recorded = attended + Duration::milliseconds(rng.below(2000) as i64);
+    let site = rng.below(1200);
+    let _ = writeln!(
+        out,
+        "{}\t{}\t{}\t{}\tOrganisation {}\t{}\tuser-{}\t{}\t{}",
+        lookup_id(rng, i),
+        people.pick_for_attendance(rng).as_str(),
+        attended.format("%Y-%m-%d %H:%M:%S%.6f+00"),
+        format_args!("R{:02}{:03}", site / 40, site),
+        site / 8,
+        setting(rng),
+        rng.below(50_000),
+        ["R8000", "R8001", "R8003", "R8004"][rng.below(4) as usize],
+        recorded.format("%Y-%m-%d %H:%M:%S%.6f+00"),
+    );
+}
+
+/// One loaded database.
+struct Loaded {
+    rows: u64,
+    name: String,
+    db: sea_orm::DatabaseConnection,
+    people: Population,
+    now: DateTime<Utc>,
+    load_rows_per_s: f64,
+    latencies: Vec<f64>,
+    batch_latencies: Vec<f64>,
+    answered: u64,
+    record_per_s: f64,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+async fn create_database(server: &str, name: &str) -> Result<String> {
+    let admin = Database::connect(server)
+        .await
+        .context("connect to server")?;
+    for sql in [
+        format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+        format!("CREATE DATABASE \"{name}\""),
+    ] {
+        admin
+            .execute_raw(Statement::from_string(DbBackend::Postgres, sql))
+            .await?;
+    }
+    admin.close().await?;
+    Ok(platform::testing::with_database(server, name))
+}
+
+async fn drop_database(server: &str, name: &str) -> Result<()> {
+    let admin = Database::connect(server)
+        .await
+        .context("connect to server")?;
+    admin
+        .execute_raw(Statement::from_string(
+            DbBackend::Postgres,
+            format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+        ))
+        .await?;
+    admin.close().await?;
+    Ok(())
+}
+
+/// Creates, migrates and bulk-loads one database of `rows` attendances.
+async fn load(server: &str, rows: u64, args: &Args) -> Result<Loaded> {
+    let name = format!("cpis_bench_attendance_{rows}");
+    let url = create_database(server, &name).await?;
+    platform::database::migrate::<Migrator>(&url, attendance_service::NAME).await?;
+    let db = platform::database::connect(&url).await?;
+    let now = Utc::now();
+    let people = Population::new(((rows as f64) * args.children_per_row).round() as usize);
+    let mut rng = Rng(rows);
+
+    // COPY into the migrated table, indexes in place, as a bulk import would run.
+    let started = Instant::now();
+    let mut copy = db
+        .get_postgres_connection_pool()
+        .copy_in_raw(
+            "COPY attendances (lookup_id, nhs_number, attended_at, site_ods_code, \
+             organisation_name, setting_type, user_id, role_code, recorded_at) FROM STDIN",
+        )
+        .await?;
+    let mut chunk = String::with_capacity(1 << 21);
+    for i in 0..rows {
+        copy_line(&mut chunk, &mut rng, &people, i, now);
+        if chunk.len() > (1 << 20) {
+            copy.send(chunk.as_bytes()).await?;
+            chunk.clear();
+        }
+    }
+    copy.send(chunk.as_bytes()).await?;
+    let copied = copy.finish().await?;
+    let load_secs = started.elapsed().as_secs_f64();
+    if copied != rows {
+        bail!("COPY stored {copied} rows, not {rows}");
+    }
+    db.execute_unprepared("VACUUM ANALYZE attendances").await?;
+    let size: i64 = db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT pg_total_relation_size('attendances')",
+        ))
+        .await?
+        .context("size")?
+        .try_get_by_index(0)?;
+    println!(
+        "loaded rows={rows} children={} in {load_secs:.1}s: {:.0} rows/s (COPY, primary key + 3 indexes in place); table+indexes {} MB",
+        people.children.len(),
+        rows as f64 / load_secs,
+        size / 1_000_000
+    );
+    Ok(Loaded {
+        rows,
+        name,
+        db,
+        people,
+        now,
+        load_rows_per_s: rows as f64 / load_secs,
+        latencies: Vec::new(),
+        batch_latencies: Vec::new(),
+        answered: 0,
+        record_per_s: 0.0,
+    })
+}
+
+/// Single-number summaries as the gateway makes them at lookup time: one random child, the
+/// current lookup's id (not stored yet) excluded.
+async fn summaries(loaded: &mut Loaded, rng: &mut Rng, count: usize, timed: bool) -> Result<()> {
+    let attendances = Attendances::new(loaded.db.clone());
+    for q in 0..count {
+        let child = loaded.people.pick_any(rng);
+        let exclude = lookup_id(rng, u64::MAX - q as u64);
+        let t = Instant::now();
+        let summary = attendances
+            .summarize(&[child], loaded.now, &exclude)
+            .await?;
+        if timed {
+            loaded.latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+            loaded.answered += u64::from(summary[0].last_365_days);
+        }
+    }
+    Ok(())
+}
+
+async fn batch_summaries(loaded: &mut Loaded, rng: &mut Rng, count: usize) -> Result<()> {
+    let attendances = Attendances::new(loaded.db.clone());
+    for _ in 0..count {
+        let batch: Vec<_> = (0..100).map(|_| loaded.people.pick_any(rng)).collect();
+        let t = Instant::now();
+        attendances.summarize(&batch, loaded.now, "").await?;
+        loaded
+            .batch_latencies
+            .push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(())
+}
+
+/// The plan PostgreSQL picks for a frequent attender (the most rows per child).
+async fn explain(loaded: &Loaded) -> Result<()> {
+    let heavy = loaded.people.children[0];
+    let statement = summary_statement(DbBackend::Postgres, &[heavy.as_str()], loaded.now, "");
+    let plan = loaded
+        .db
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            format!("EXPLAIN (ANALYZE, BUFFERS) {}", statement.sql),
+            statement.values.map(|v| v.0).unwrap_or_default(),
+        ))
+        .await?;
+    println!(
+        "EXPLAIN (ANALYZE, BUFFERS) at {} rows, one frequent attender:",
+        loaded.rows
+    );
+    for line in plan {
+        let text: String = line.try_get_by_index(0)?;
+        println!("    {text}");
+    }
+    Ok(())
+}
+
+/// Sequential single records, the service's write path (one committed INSERT each).
+async fn records(loaded: &mut Loaded, rng: &mut Rng, count: usize) -> Result<()> {
+    let attendances = Attendances::new(loaded.db.clone());
+    let started = Instant::now();
+    for i in 0..count {
+        let attendance = Attendance {
+            lookup_id: lookup_id(rng, u64::MAX / 2 - i as u64),
+            nhs_number: loaded.people.pick_for_attendance(rng),
+            attended_at: loaded.now,
+            site_ods_code: OdsCode::parse("RQX01")?,
+            organisation_name: "Homerton Healthcare".into(),
+            setting_type: SettingType::EmergencyDepartment,
+            user_id: "user-1".into(),
+            role_code: "R8000".into(),
+        };
+        attendances.record(&attendance, loaded.now).await?;
+    }
+    loaded.record_per_s = count as f64 / started.elapsed().as_secs_f64();
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let server = std::env::var("CPIS_BENCH_POSTGRES_URL")
+        .context("set CPIS_BENCH_POSTGRES_URL to a PostgreSQL server URL")?;
+    let mut sizes = Vec::new();
+    for &rows in &args.rows {
+        sizes.push(load(&server, rows, &args).await?);
+    }
+
+    // Queries run in interleaved rounds, so the sizes share whatever else this machine is
+    // doing at the time and the ratio compares like with like.
+    let mut rng = Rng(0xC0FFEE);
+    for loaded in sizes.iter_mut() {
+        summaries(loaded, &mut rng, args.warmup, false).await?;
+    }
+    const ROUNDS: usize = 10;
+    for _ in 0..ROUNDS {
+        for loaded in sizes.iter_mut() {
+            summaries(loaded, &mut rng, args.queries / ROUNDS, true).await?;
+            batch_summaries(loaded, &mut rng, args.batch_queries / ROUNDS).await?;
+        }
+    }
+    for loaded in sizes.iter_mut() {
+        explain(loaded).await?;
+        records(loaded, &mut rng, args.records).await?;
+        loaded.latencies.sort_by(f64::total_cmp);
+        loaded.batch_latencies.sort_by(f64::total_cmp);
+    }
+
+    println!();
+    println!(
+        "| rows | children | COPY rows/s | record/s (sequential) | p50 ms | p99 ms | mean ms | 100-number p50 ms | 100-number p99 ms |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for m in &sizes {
+        let mean = m.latencies.iter().sum::<f64>() / m.latencies.len().max(1) as f64;
+        println!(
+            "| {} | {} | {:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} |",
+            m.rows,
+            m.people.children.len(),
+            m.load_rows_per_s,
+            m.record_per_s,
+            percentile(&m.latencies, 50.0),
+            percentile(&m.latencies, 99.0),
+            mean,
+            percentile(&m.batch_latencies, 50.0),
+            percentile(&m.batch_latencies, 99.0),
+        );
+    }
+    for m in &sizes {
+        println!(
+            "rows={}: {} single-number summaries, on average {:.1} attendances in 365 days per child asked",
+            m.rows,
+            m.latencies.len(),
+            m.answered as f64 / m.latencies.len().max(1) as f64
+        );
+    }
+    if let (Some(first), Some(last)) = (sizes.first(), sizes.last()) {
+        let ratio = |p| percentile(&last.latencies, p) / percentile(&first.latencies, p);
+        println!(
+            "ratio {} rows / {} rows: p50 {:.2}x, p99 {:.2}x (target: within 1.5x)",
+            last.rows,
+            first.rows,
+            ratio(50.0),
+            ratio(99.0)
+        );
+    }
+    for loaded in sizes {
+        loaded.db.close().await?;
+        if !args.keep {
+            drop_database(&server, &loaded.name).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,3 @@
+//! The sea-orm entities of attendance-service.
+
+pub mod attendance;
