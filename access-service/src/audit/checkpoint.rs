@@ -117,22 +117,29 @@ pub fn key_id(public_key: &[u8]) -> String {
         .collect()
 }
 
+/// Creates the key file whole or not at all: written under a private temporary name, then
+/// hard-linked into place, which fails rather than overwrite. Replicas starting together on
+/// one data directory thus agree on one key (the loser of the race reads the winner's).
 fn create_dev_key(path: &Path) -> Result<(), AccessError> {
     let document = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
         .map_err(|_| AccessError::SigningKey("cannot generate an Ed25519 key".into()))?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| AccessError::SigningKey(format!("cannot create {}: {e}", dir.display())))?;
-    }
-    write_private(path, pem_encode(document.as_ref()).as_bytes())
-        .map_err(|e| AccessError::SigningKey(format!("cannot write {}: {e}", path.display())))
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .map_err(|e| AccessError::SigningKey(format!("cannot create {}: {e}", dir.display())))?;
+    let temporary = dir.join(format!(".{DEV_KEY_FILE}.{}", uuid::Uuid::new_v4()));
+    let written = write_private(&temporary, pem_encode(document.as_ref()).as_bytes())
+        .and_then(|()| match std::fs::hard_link(&temporary, path) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            other => other,
+        });
+    let _ = std::fs::remove_file(&temporary);
+    written.map_err(|e| AccessError::SigningKey(format!("cannot write {}: {e}", path.display())))
 }
 
 #[cfg(unix)]
 fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    // create_new: two replicas sharing a data directory must not overwrite each other's key.
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -188,6 +195,21 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn replicas_starting_together_on_one_directory_agree_on_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| CheckpointSigner::load_or_create(None, dir.path()).unwrap()))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap().key_id().to_owned())
+                .collect()
+        });
+        assert!(ids.windows(2).all(|w| w[0] == w[1]));
     }
 
     #[test]
