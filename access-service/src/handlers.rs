@@ -61,7 +61,7 @@ impl Handlers {
     }
 
     /// Ready, and called by the gateway acting on its own behalf.
-    fn from_gateway<T>(&self, request: &Request<T>) -> Result<()> {
+    fn called_by_gateway<T>(&self, request: &Request<T>) -> Result<()> {
         self.context.readiness.check()?;
         require_gateway_peer(request, &self.context.peer_trust)
     }
@@ -122,7 +122,7 @@ impl Handlers {
 #[tonic::async_trait]
 impl AccessControl for Handlers {
     async fn decide(&self, request: Request<DecideRequest>) -> Answer<Decision> {
-        if let Err(e) = self.from_gateway(&request) {
+        if let Err(e) = self.called_by_gateway(&request) {
             return answer(Err(e));
         }
         answer(self.decisions.decide(request.into_inner()).await)
@@ -132,7 +132,7 @@ impl AccessControl for Handlers {
         &self,
         request: Request<ResolveSystemRequest>,
     ) -> Answer<SystemIdentity> {
-        if let Err(e) = self.from_gateway(&request) {
+        if let Err(e) = self.called_by_gateway(&request) {
             return answer(Err(e));
         }
         answer(systems::resolve(&self.context.db, &request.into_inner().san).await)
@@ -213,17 +213,14 @@ impl AccessControl for Handlers {
         &self,
         request: Request<ClaimObligationsRequest>,
     ) -> Answer<ClaimObligationsResponse> {
-        if let Err(e) = self.from_gateway(&request) {
+        if let Err(e) = self.called_by_gateway(&request) {
             return answer(Err(e));
         }
         answer(obligations::claim(&self.context.db, request.into_inner()).await)
     }
 
-    async fn complete_obligation(
-        &self,
-        request: Request<CompleteObligationRequest>,
-    ) -> Answer<()> {
-        if let Err(e) = self.from_gateway(&request) {
+    async fn complete_obligation(&self, request: Request<CompleteObligationRequest>) -> Answer<()> {
+        if let Err(e) = self.called_by_gateway(&request) {
             return answer(Err(e));
         }
         answer(obligations::complete(&self.context.db, request.into_inner()).await)

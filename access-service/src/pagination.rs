@@ -48,7 +48,9 @@ pub fn decode(
     }
     let raw = URL_SAFE_NO_PAD.decode(token).ok();
     match raw {
-        Some(raw) if raw.len() > 8 && raw[..8] == filters_digest(filters) => Some(raw[8..].to_vec()),
+        Some(raw) if raw.len() > 8 && raw[..8] == filters_digest(filters) => {
+            Some(raw[8..].to_vec())
+        }
         _ => {
             violations.add(
                 field,

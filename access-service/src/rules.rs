@@ -163,7 +163,9 @@ pub struct Context {
 pub enum AccessDecision {
     /// The call may proceed; `notifies` when the gateway owes an obligation (record the
     /// attendance, notify the LAs).
-    Allow { notifies: bool },
+    Allow {
+        notifies: bool,
+    },
     Deny(DenyReason),
 }
 
@@ -197,8 +199,14 @@ pub fn requirement(action: Action, access_kind: Option<AccessKind>) -> Option<Re
         | AcknowledgeNotifications => (Activity::LaManage, Some(OrganisationKind::LocalAuthority)),
         // Someone must read the log and onboard the first organisation: no onboarding needed.
         ListAuditEvents | GetCheckpoint | VerifyAuditLog => (Activity::Audit, None),
-        UpsertOrganisation | ListOrganisations | RegisterSystem | ListSystems | RemoveSystem
-        | SetRestriction | ClearRestriction | MarkNhsNumberInactive => (Activity::Admin, None),
+        UpsertOrganisation
+        | ListOrganisations
+        | RegisterSystem
+        | ListSystems
+        | RemoveSystem
+        | SetRestriction
+        | ClearRestriction
+        | MarkNhsNumberInactive => (Activity::Admin, None),
     };
     Some(Requirement {
         activity,
@@ -334,7 +342,10 @@ mod tests {
             health(false),
             &lookup(AccessKind::Unscheduled, "RQY01"),
         );
-        assert_eq!(d, AccessDecision::Deny(DenyReason::OrganisationNotOnboarded));
+        assert_eq!(
+            d,
+            AccessDecision::Deny(DenyReason::OrganisationNotOnboarded)
+        );
     }
 
     #[test]

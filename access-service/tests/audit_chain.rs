@@ -22,7 +22,11 @@ async fn log_of(db: &TestDatabase, n: usize) -> DatabaseConnection {
     for i in 0..n {
         let site = if i % 3 == 0 { "RQY01" } else { "RQX01" };
         decisions
-            .decide(common::lookup(clinician.clone(), AccessKind::Unscheduled, site))
+            .decide(common::lookup(
+                clinician.clone(),
+                AccessKind::Unscheduled,
+                site,
+            ))
             .await
             .unwrap();
     }
@@ -164,7 +168,10 @@ async fn signed_checkpoints_verify_and_forged_ones_are_refused() {
         assert_eq!(cp.signature.len(), 64);
         let events = server
             .client
-            .list_audit_events(common::on_behalf(&auditor, ListAuditEventsRequest::default()))
+            .list_audit_events(common::on_behalf(
+                &auditor,
+                ListAuditEventsRequest::default(),
+            ))
             .await
             .unwrap()
             .into_inner()

@@ -11,8 +11,7 @@ use access_service::rules::{
 use common::conformance as table;
 use cpis_proto::access::Principal;
 use cpis_proto::gateway::{
-    ListAuditEventsRequest, RegisterSystemRequest, UpsertOrganisationRequest,
-    VerifyAuditLogRequest,
+    ListAuditEventsRequest, RegisterSystemRequest, UpsertOrganisationRequest, VerifyAuditLogRequest,
 };
 use platform::domain::{Activity, DenyReason, OdsCode};
 use std::collections::HashSet;
@@ -51,10 +50,13 @@ fn conformance_table_holds_for_the_pure_rules() {
                     .collect()
             },
         };
-        let standing = row.organisation_kind.as_ref().map(|k| OrganisationStanding {
-            kind: OrganisationKind::parse(k).unwrap(),
-            onboarded: row.onboarded,
-        });
+        let standing = row
+            .organisation_kind
+            .as_ref()
+            .map(|k| OrganisationStanding {
+                kind: OrganisationKind::parse(k).unwrap(),
+                onboarded: row.onboarded,
+            });
         let context = Context {
             access_kind: row.access_kind,
             site_ods_code: (!row.setting.is_empty()).then(|| OdsCode::parse(&row.setting).unwrap()),
@@ -97,7 +99,10 @@ async fn conformance_table_holds_through_decide_on_every_database() {
                 "user" => common::user(
                     &format!("user{}", row.line),
                     &row.organisation,
-                    &row.activities.iter().map(String::as_str).collect::<Vec<_>>(),
+                    &row.activities
+                        .iter()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>(),
                 ),
                 kind => {
                     let san = format!("spiffe://conformance/{kind}/{}", row.line);
@@ -130,7 +135,12 @@ async fn conformance_table_holds_through_decide_on_every_database() {
             let answer = client.decide(request).await;
             if Action::parse(&row.action).is_none() {
                 let status = answer.unwrap_err();
-                assert_eq!(status.code(), tonic::Code::InvalidArgument, "line {}", row.line);
+                assert_eq!(
+                    status.code(),
+                    tonic::Code::InvalidArgument,
+                    "line {}",
+                    row.line
+                );
                 continue;
             }
             let d = answer.unwrap().into_inner();
@@ -139,7 +149,10 @@ async fn conformance_table_holds_through_decide_on_every_database() {
             assert_eq!(d.allowed, row.allowed, "{label}");
             assert_eq!(d.reason, row.reason, "{label}");
             assert_eq!(d.obligation.is_some(), row.obligation, "{label}");
-            assert_eq!(d.audit_sequence, decided, "one audit record per decision: {label}");
+            assert_eq!(
+                d.audit_sequence, decided,
+                "one audit record per decision: {label}"
+            );
             let lookup = row.allowed && row.action == "LookupChild";
             assert_eq!(!d.lookup_id.is_empty(), lookup, "{label}");
         }

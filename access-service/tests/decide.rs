@@ -25,7 +25,11 @@ async fn an_allowed_notifying_lookup_writes_its_obligation_with_its_audit_record
         common::organisation(&conn, "RQX", "HEALTH", true).await;
         let d = s
             .client
-            .decide(common::lookup(clinician(), AccessKind::Unscheduled, "RQX01"))
+            .decide(common::lookup(
+                clinician(),
+                AccessKind::Unscheduled,
+                "RQX01",
+            ))
             .await
             .unwrap()
             .into_inner();
@@ -82,7 +86,11 @@ async fn a_repeated_request_id_replays_the_first_answer_and_is_audited_again() {
         assert!(again.replay, "{}", db.label());
         assert_eq!(again.lookup_id, first.lookup_id);
         assert_eq!(again.decided_at, first.decided_at);
-        assert_eq!(again.audit_sequence, first.audit_sequence + 1, "audited again");
+        assert_eq!(
+            again.audit_sequence,
+            first.audit_sequence + 1,
+            "audited again"
+        );
         assert_eq!(
             again.obligation.as_ref().map(|o| &o.lookup_id),
             Some(&first.lookup_id),
@@ -129,7 +137,12 @@ async fn a_request_id_reused_for_another_request_is_invalid_and_not_audited() {
             .decide(with_key(request, "req-9", 2))
             .await
             .unwrap_err();
-        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{}", db.label());
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{}",
+            db.label()
+        );
         assert!(String::from_utf8_lossy(status.details()).contains("request_id"));
         assert_eq!(common::head(&conn).await, before);
     }

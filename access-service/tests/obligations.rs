@@ -95,7 +95,12 @@ async fn two_concurrent_claimants_never_get_the_same_obligation() {
         let (a, b) = (a.unwrap(), b.unwrap());
         let all: Vec<_> = a.iter().chain(&b).cloned().collect();
         let distinct: HashSet<_> = all.iter().cloned().collect();
-        assert_eq!(all.len(), distinct.len(), "{}: an obligation claimed twice", db.label());
+        assert_eq!(
+            all.len(),
+            distinct.len(),
+            "{}: an obligation claimed twice",
+            db.label()
+        );
         assert_eq!(distinct, ids.into_iter().collect());
     }
 }
@@ -115,7 +120,13 @@ async fn pending_for_leaves_fresh_lookups_alone_and_completed_ones_are_not_claim
             complete(&conn, done.clone()).await.unwrap();
             complete(&conn, done).await.unwrap(); // idempotent
         }
-        assert!(claim(&conn, request("gw-a", 0)).await.unwrap().obligations.is_empty());
+        assert!(
+            claim(&conn, request("gw-a", 0))
+                .await
+                .unwrap()
+                .obligations
+                .is_empty()
+        );
         let missing = complete(
             &conn,
             CompleteObligationRequest {

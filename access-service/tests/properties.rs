@@ -28,8 +28,18 @@ const TABLE: &[(&str, &str, &str, &str)] = &[
     ("DeleteFlag", "", "CPIS_LA_MANAGE", "LOCAL_AUTHORITY"),
     ("ListFlags", "", "CPIS_LA_MANAGE", "LOCAL_AUTHORITY"),
     ("ListNotifications", "", "CPIS_LA_MANAGE", "LOCAL_AUTHORITY"),
-    ("WatchNotifications", "", "CPIS_LA_MANAGE", "LOCAL_AUTHORITY"),
-    ("AcknowledgeNotifications", "", "CPIS_LA_MANAGE", "LOCAL_AUTHORITY"),
+    (
+        "WatchNotifications",
+        "",
+        "CPIS_LA_MANAGE",
+        "LOCAL_AUTHORITY",
+    ),
+    (
+        "AcknowledgeNotifications",
+        "",
+        "CPIS_LA_MANAGE",
+        "LOCAL_AUTHORITY",
+    ),
     ("ListAuditEvents", "", "CPIS_AUDIT", ""),
     ("GetCheckpoint", "", "CPIS_AUDIT", ""),
     ("VerifyAuditLog", "", "CPIS_AUDIT", ""),
@@ -73,7 +83,11 @@ fn reference(c: &Case) -> (bool, &'static str, bool) {
     if *action == "LookupChild" && !c.site.starts_with(c.ods) {
         return (false, "SETTING_NOT_IN_ORGANISATION", false);
     }
-    (true, "", *action == "LookupChild" && c.access_kind == "UNSCHEDULED")
+    (
+        true,
+        "",
+        *action == "LookupChild" && c.access_kind == "UNSCHEDULED",
+    )
 }
 
 fn decide_pure(c: &Case) -> (bool, &'static str, bool) {
@@ -104,7 +118,13 @@ fn decide_pure(c: &Case) -> (bool, &'static str, bool) {
     }
 }
 
-const ACTIVITIES: &[&str] = &["B0107", "B0170", "CPIS_LA_MANAGE", "CPIS_AUDIT", "CPIS_ADMIN"];
+const ACTIVITIES: &[&str] = &[
+    "B0107",
+    "B0170",
+    "CPIS_LA_MANAGE",
+    "CPIS_AUDIT",
+    "CPIS_ADMIN",
+];
 
 fn activities() -> impl Strategy<Value = Vec<&'static str>> {
     (0u8..32).prop_map(|mask| {
@@ -192,7 +212,11 @@ fn request_for(c: &Case, san: &str) -> DecideRequest {
     DecideRequest {
         principal: Some(principal),
         action: c.action.into(),
-        nhs_number: if lookup { "9434765919".into() } else { String::new() },
+        nhs_number: if lookup {
+            "9434765919".into()
+        } else {
+            String::new()
+        },
         access_kind: access_kind.map(i32::from).unwrap_or_default(),
         setting: access_kind.map(|k| Setting {
             ods_code: c.site.into(),

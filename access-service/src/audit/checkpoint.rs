@@ -127,10 +127,12 @@ fn create_dev_key(path: &Path) -> Result<(), AccessError> {
     std::fs::create_dir_all(dir)
         .map_err(|e| AccessError::SigningKey(format!("cannot create {}: {e}", dir.display())))?;
     let temporary = dir.join(format!(".{DEV_KEY_FILE}.{}", uuid::Uuid::new_v4()));
-    let written = write_private(&temporary, pem_encode(document.as_ref()).as_bytes())
-        .and_then(|()| match std::fs::hard_link(&temporary, path) {
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-            other => other,
+    let written =
+        write_private(&temporary, pem_encode(document.as_ref()).as_bytes()).and_then(|()| {
+            match std::fs::hard_link(&temporary, path) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                other => other,
+            }
         });
     let _ = std::fs::remove_file(&temporary);
     written.map_err(|e| AccessError::SigningKey(format!("cannot write {}: {e}", path.display())))

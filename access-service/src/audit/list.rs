@@ -3,10 +3,12 @@
 use crate::entities::audit_record;
 use crate::pagination;
 use chrono::{DateTime, Utc};
-use cpis_proto::gateway::{AuditEvent, AuditOutcome, ListAuditEventsRequest, ListAuditEventsResponse};
+use cpis_proto::gateway::{
+    AuditEvent, AuditOutcome, ListAuditEventsRequest, ListAuditEventsResponse,
+};
+use platform::Result;
 use platform::domain::{AccessKind, from_timestamp, to_timestamp};
 use platform::error::Violations;
-use platform::Result;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 pub const OUTCOME_ALLOWED: &str = "ALLOWED";

@@ -6,7 +6,9 @@
 use super::request::{DecideInput, Identity};
 use crate::audit::chain::AuditContent;
 use crate::audit::list::{OUTCOME_ALLOWED, OUTCOME_DENIED, instant_of};
-use crate::entities::{audit_head, audit_record, idempotency_key, obligation, organisation, system};
+use crate::entities::{
+    audit_head, audit_record, idempotency_key, obligation, organisation, system,
+};
 use crate::error::AccessError;
 use crate::rules::{self, AccessDecision, Action, Caller, CallerKind, OrganisationKind};
 use crate::storage::{now_micros, obligations, organisations, systems};
@@ -78,7 +80,7 @@ async fn lock_head<C: ConnectionTrait>(txn: &C) -> Result<audit_head::Model> {
     audit_head::Entity::update_many()
         .col_expr(
             audit_head::Column::Sequence,
-            Expr::col(audit_head::Column::Sequence).into(),
+            Expr::col(audit_head::Column::Sequence),
         )
         .filter(audit_head::Column::Id.eq(audit_head::HEAD_ID))
         .exec(txn)
@@ -251,7 +253,12 @@ pub async fn commit(
                 .as_ref()
                 .map(|l| l.access_kind.as_str().to_owned())
                 .unwrap_or_default(),
-            outcome: if allowed { OUTCOME_ALLOWED } else { OUTCOME_DENIED }.to_owned(),
+            outcome: if allowed {
+                OUTCOME_ALLOWED
+            } else {
+                OUTCOME_DENIED
+            }
+            .to_owned(),
             reason: match verdict {
                 AccessDecision::Deny(r) => r.as_str().to_owned(),
                 AccessDecision::Allow { .. } => String::new(),

@@ -48,7 +48,9 @@ pub struct DecideInput {
 }
 
 fn is_trace_id(s: &str) -> bool {
-    s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 pub fn validate(request: DecideRequest) -> Result<DecideInput> {
@@ -97,7 +99,10 @@ pub fn validate(request: DecideRequest) -> Result<DecideInput> {
     } else {
         let parsed = Action::parse(&request.action);
         if parsed.is_none() {
-            v.add("action", "is not the name of a cpis.gateway.v1 rpc access-service decides on");
+            v.add(
+                "action",
+                "is not the name of a cpis.gateway.v1 rpc access-service decides on",
+            );
         }
         parsed
     };
@@ -141,7 +146,10 @@ pub fn validate(request: DecideRequest) -> Result<DecideInput> {
         }
     } else {
         if request.access_kind != 0 {
-            v.add("access_kind", "must be ACCESS_KIND_UNSPECIFIED except for LookupChild");
+            v.add(
+                "access_kind",
+                "must be ACCESS_KIND_UNSPECIFIED except for LookupChild",
+            );
         }
         if request.setting.is_some() {
             v.add("setting", "must be unset except for LookupChild");

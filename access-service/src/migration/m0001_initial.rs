@@ -168,7 +168,12 @@ impl MigrationTrait for Migration {
             .create_table(
                 Table::create()
                     .table(AuditHead::Table)
-                    .col(ColumnDef::new(AuditHead::Id).integer().not_null().primary_key())
+                    .col(
+                        ColumnDef::new(AuditHead::Id)
+                            .integer()
+                            .not_null()
+                            .primary_key(),
+                    )
                     .col(instant(AuditHead::Sequence))
                     .col(bytes(AuditHead::Hash))
                     .to_owned(),
@@ -199,7 +204,11 @@ impl MigrationTrait for Migration {
                     .col(text(Obligation::SettingType))
                     .col(ColumnDef::new(Obligation::Attempts).integer().not_null())
                     .col(ColumnDef::new(Obligation::LeaseOwner).string().null())
-                    .col(ColumnDef::new(Obligation::LeaseExpiresAt).big_integer().null())
+                    .col(
+                        ColumnDef::new(Obligation::LeaseExpiresAt)
+                            .big_integer()
+                            .null(),
+                    )
                     .col(ColumnDef::new(Obligation::CompletedAt).big_integer().null())
                     .col(ColumnDef::new(Obligation::CompletedBy).string().null())
                     .to_owned(),

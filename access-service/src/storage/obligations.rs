@@ -117,9 +117,7 @@ pub async fn claim(
         .filter(lapsed())
         .exec_with_returning(db)
         .await?;
-    claimed.sort_by(|a, b| {
-        (a.accessed_at, &a.lookup_id).cmp(&(b.accessed_at, &b.lookup_id))
-    });
+    claimed.sort_by(|a, b| (a.accessed_at, &a.lookup_id).cmp(&(b.accessed_at, &b.lookup_id)));
     Ok(ClaimObligationsResponse {
         obligations: claimed.iter().map(to_wire).collect(),
     })

@@ -7,9 +7,7 @@ use crate::entities::{organisation, system};
 use crate::error::AccessError;
 use crate::pagination;
 use cpis_proto::access::SystemIdentity;
-use cpis_proto::gateway::{
-    ListSystemsRequest, ListSystemsResponse, RegisterSystemRequest, System,
-};
+use cpis_proto::gateway::{ListSystemsRequest, ListSystemsResponse, RegisterSystemRequest, System};
 use platform::Result;
 use platform::domain::Activity;
 use platform::error::Violations;
@@ -31,7 +29,10 @@ pub fn activities(row: &system::Model) -> BTreeSet<Activity> {
 }
 
 fn activity_codes(row: &system::Model) -> Vec<String> {
-    activities(row).iter().map(|a| a.code().to_owned()).collect()
+    activities(row)
+        .iter()
+        .map(|a| a.code().to_owned())
+        .collect()
 }
 
 fn to_wire(row: system::Model) -> System {
@@ -69,7 +70,10 @@ pub async fn register(db: &DatabaseConnection, request: RegisterSystemRequest) -
                 granted.insert(Activity::LaManage);
             }
             _ => {
-                v.add("activities", "only CPIS_LA_MANAGE may be granted to a system");
+                v.add(
+                    "activities",
+                    "only CPIS_LA_MANAGE may be granted to a system",
+                );
                 break;
             }
         }
@@ -103,7 +107,10 @@ pub async fn register(db: &DatabaseConnection, request: RegisterSystemRequest) -
     Ok(to_wire(stored))
 }
 
-pub async fn list(db: &DatabaseConnection, request: ListSystemsRequest) -> Result<ListSystemsResponse> {
+pub async fn list(
+    db: &DatabaseConnection,
+    request: ListSystemsRequest,
+) -> Result<ListSystemsResponse> {
     let mut v = Violations::new();
     let size = pagination::page_size(&mut v, "page_size", request.page_size);
     let after = pagination::decode(&mut v, "page_token", &request.page_token, "systems");
@@ -132,7 +139,9 @@ pub async fn remove(db: &DatabaseConnection, san: &str) -> Result<()> {
     if san.is_empty() {
         return Err(platform::Error::invalid("san", "is required"));
     }
-    let deleted = system::Entity::delete_by_id(san.to_owned()).exec(db).await?;
+    let deleted = system::Entity::delete_by_id(san.to_owned())
+        .exec(db)
+        .await?;
     if deleted.rows_affected == 0 {
         return Err(AccessError::SystemNotFound.into());
     }

@@ -33,7 +33,11 @@ pub fn rows() -> Vec<Row> {
             let f: Vec<&str> = l.splitn(12, ',').collect();
             assert_eq!(f.len(), 12, "line {}: 12 columns", i + 1);
             for a in f[1].split_whitespace() {
-                assert!(Activity::from_code(a).is_some(), "line {}: activity {a}", i + 1);
+                assert!(
+                    Activity::from_code(a).is_some(),
+                    "line {}: activity {a}",
+                    i + 1
+                );
             }
             Row {
                 line: i + 1,

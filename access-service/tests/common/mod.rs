@@ -13,9 +13,9 @@ use platform::server::Running;
 use platform::shutdown::{Shutdown, ShutdownTrigger};
 use sea_orm::DatabaseConnection;
 use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 /// A migrated connection to a test database.
 pub async fn migrated(url: &str) -> DatabaseConnection {
