@@ -3,11 +3,29 @@
 //! It holds organisations and system identities, decides each call in API.md's order of
 //! checks (deny by default), appends every decision to a hash-chained audit log, and keeps the
 //! obligations outbox the gateway's reconciler drains.
+//!
+//! Where things are: a call enters in [`handlers`]; `Decide` is validated and batched by
+//! [`decide`] and judged by the pure [`rules`]; the log is hashed, listed, verified and
+//! signed in [`audit`]; organisations, systems and obligations live in [`storage`].
 
+pub mod args;
+pub mod audit;
+pub mod decide;
+pub mod entities;
+pub mod error;
+pub mod handlers;
 pub mod migration;
+pub mod pagination;
+pub mod rules;
+pub mod storage;
 
-use platform::config::{DatabaseArgs, LogArgs, ServeArgs};
-use platform::runtime::{Backend, BackendContext, Component};
+pub use args::AccessArgs;
+pub use handlers::Handlers;
+
+use audit::checkpoint::CheckpointSigner;
+use decide::AccessDecisions;
+use platform::config::{DatabaseArgs, LogArgs};
+use platform::runtime::{Backend, Component};
 use platform::server::Running;
 use platform::shutdown::Shutdown;
 use std::net::SocketAddr;
@@ -17,23 +35,19 @@ pub const NAME: &str = "access-service";
 pub const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50063);
 
-/// The gRPC handlers; each answers `UNIMPLEMENTED` until written.
-#[derive(Clone)]
-pub struct Handlers {
-    #[allow(dead_code)]
-    context: BackendContext,
-}
-
-impl cpis_proto::access::access_control_server::AccessControl for Handlers {}
-
 pub struct AccessService;
 
 impl Component for AccessService {
     const NAME: &'static str = NAME;
     const ABOUT: &'static str = "Access decisions, organisations, systems, the obligations outbox and the hash-chained audit log";
-    type Args = ServeArgs;
+    type Args = AccessArgs;
 
-    async fn start(args: ServeArgs, shutdown: Shutdown) -> platform::Result<Running> {
+    async fn start(args: AccessArgs, shutdown: Shutdown) -> platform::Result<Running> {
+        // A bad key file stops the start at once, with the path in the message.
+        let signer = CheckpointSigner::load_or_create(
+            args.audit_signing_key_file.as_deref(),
+            &args.serve.database.data_dir,
+        )?;
         let backend = Backend::<migration::Migrator> {
             name: NAME,
             default_listen: DEFAULT_LISTEN,
@@ -41,10 +55,13 @@ impl Component for AccessService {
             migrator: std::marker::PhantomData,
         };
         backend
-            .start(&args, shutdown, |context| {
+            .start(&args.serve, shutdown, |context| {
+                let decisions = AccessDecisions::spawn(context.db.clone());
                 Routes::new(
                     cpis_proto::access::access_control_server::AccessControlServer::new(Handlers {
                         context,
+                        decisions,
+                        signer,
                     }),
                 )
             })
@@ -55,7 +72,7 @@ impl Component for AccessService {
         platform::runtime::migrate::<migration::Migrator>(NAME, &args).await
     }
 
-    fn log_args(args: &ServeArgs) -> &LogArgs {
-        &args.log
+    fn log_args(args: &AccessArgs) -> &LogArgs {
+        &args.serve.log
     }
 }

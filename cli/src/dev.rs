@@ -48,8 +48,11 @@ pub async fn start(args: &DevArgs, shutdown: Shutdown) -> Result<DevSystem> {
     let keys = devkeys::ensure(&args.data_dir)?;
     let backend_args = ServeArgs::embedded(args.data_dir.clone());
 
-    let access =
-        access_service::AccessService::start(backend_args.clone(), shutdown.clone()).await?;
+    let access = access_service::AccessService::start(
+        access_service::AccessArgs::embedded(args.data_dir.clone()),
+        shutdown.clone(),
+    )
+    .await?;
     let flag = flag_service::FlagService::start(backend_args.clone(), shutdown.clone()).await?;
     let attendance = attendance_service::AttendanceService::start(
         attendance_service::AttendanceArgs::embedded(args.data_dir.clone()),

@@ -1,0 +1,296 @@
+//! A `DecideRequest` checked field by field. Malformed input is `INVALID_ARGUMENT` with every
+//! violation at once; it is not a decision, so it is never audited.
+
+use crate::rules::Action;
+use cpis_proto::access::DecideRequest;
+use platform::Result;
+use platform::domain::{AccessKind, Activity, NhsNumber, OdsCode, SettingType};
+use platform::error::Violations;
+use std::collections::BTreeSet;
+
+pub const MAX_ID_LEN: usize = 255;
+
+/// Who asks. A system's organisation and activities are looked up by access-service; what
+/// the request claims for them is never believed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Identity {
+    User {
+        user_id: String,
+        role_code: String,
+        ods_code: OdsCode,
+        activities: BTreeSet<Activity>,
+    },
+    System {
+        san: String,
+        /// What the gateway sent; used only when the SAN is not registered.
+        claimed_ods_code: OdsCode,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lookup {
+    pub access_kind: AccessKind,
+    pub site: OdsCode,
+    pub setting_type: SettingType,
+}
+
+/// A valid decision request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecideInput {
+    pub identity: Identity,
+    pub action: Action,
+    pub nhs_number: Option<NhsNumber>,
+    pub lookup: Option<Lookup>,
+    pub request_id: String,
+    pub fingerprint: Vec<u8>,
+    pub trace_id: String,
+    pub upload_id: String,
+}
+
+fn is_trace_id(s: &str) -> bool {
+    s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+pub fn validate(request: DecideRequest) -> Result<DecideInput> {
+    let mut v = Violations::new();
+    let identity = match &request.principal {
+        None => {
+            v.add("principal", "is required");
+            None
+        }
+        Some(p) if p.user_id.is_empty() == p.system_san.is_empty() => {
+            v.add(
+                "principal",
+                "exactly one of user_id and system_san must be set",
+            );
+            None
+        }
+        Some(p) => {
+            let ods = v.ods_code("principal.ods_code", &p.ods_code);
+            if p.user_id.is_empty() {
+                v.max_len("principal.system_san", &p.system_san, MAX_ID_LEN);
+                ods.map(|claimed_ods_code| Identity::System {
+                    san: p.system_san.clone(),
+                    claimed_ods_code,
+                })
+            } else {
+                v.max_len("principal.user_id", &p.user_id, MAX_ID_LEN);
+                v.max_len("principal.role_code", &p.role_code, 64);
+                ods.map(|ods_code| Identity::User {
+                    user_id: p.user_id.clone(),
+                    role_code: p.role_code.clone(),
+                    ods_code,
+                    // Unknown codes grant nothing: dropped here, never an error.
+                    activities: p
+                        .activities
+                        .iter()
+                        .filter_map(|a| Activity::from_code(a))
+                        .collect(),
+                })
+            }
+        }
+    };
+
+    let action = if request.action.is_empty() {
+        v.add("action", "is required");
+        None
+    } else {
+        let parsed = Action::parse(&request.action);
+        if parsed.is_none() {
+            v.add(
+                "action",
+                "is not the name of a cpis.gateway.v1 rpc access-service decides on",
+            );
+        }
+        parsed
+    };
+
+    let nhs_number = if request.nhs_number.is_empty() {
+        if action == Some(Action::LookupChild) {
+            v.add("nhs_number", "is required for LookupChild");
+        }
+        None
+    } else {
+        v.nhs_number("nhs_number", &request.nhs_number)
+    };
+
+    let lookup = if action == Some(Action::LookupChild) {
+        let access_kind = v.access_kind("access_kind", request.access_kind);
+        match &request.setting {
+            None => {
+                v.add("setting", "is required for LookupChild");
+                None
+            }
+            Some(setting) => {
+                let site = v.ods_code("setting.ods_code", &setting.ods_code);
+                let setting_type = v.setting_type("setting.setting_type", setting.setting_type);
+                if let (Some(kind), Some(st)) = (access_kind, setting_type)
+                    && st.access_kind() != kind
+                {
+                    v.add(
+                        "setting.setting_type",
+                        format!("is not a setting type for ACCESS_KIND_{kind}"),
+                    );
+                }
+                match (access_kind, site, setting_type) {
+                    (Some(access_kind), Some(site), Some(setting_type)) => Some(Lookup {
+                        access_kind,
+                        site,
+                        setting_type,
+                    }),
+                    _ => None,
+                }
+            }
+        }
+    } else {
+        if request.access_kind != 0 {
+            v.add(
+                "access_kind",
+                "must be ACCESS_KIND_UNSPECIFIED except for LookupChild",
+            );
+        }
+        if request.setting.is_some() {
+            v.add("setting", "must be unset except for LookupChild");
+        }
+        None
+    };
+
+    v.max_len("request_id", &request.request_id, MAX_ID_LEN);
+    if !request.request_id.is_empty() && request.request_fingerprint.len() != 32 {
+        v.add(
+            "request_fingerprint",
+            "must be the 32-byte SHA-256 of the request when request_id is set",
+        );
+    }
+    if !request.trace_id.is_empty() && !is_trace_id(&request.trace_id) {
+        v.add("trace_id", "must be 32 lowercase hexadecimal characters");
+    }
+    v.max_len("upload_id", &request.upload_id, MAX_ID_LEN);
+    if !request.upload_id.is_empty() && action.is_some_and(|a| a != Action::UploadFlags) {
+        v.add("upload_id", "must be empty except for UploadFlags");
+    }
+    v.finish()?;
+
+    match (identity, action) {
+        (Some(identity), Some(action)) => Ok(DecideInput {
+            identity,
+            action,
+            nhs_number,
+            lookup,
+            request_id: request.request_id,
+            fingerprint: request.request_fingerprint,
+            trace_id: request.trace_id,
+            upload_id: request.upload_id,
+        }),
+        _ => Err(platform::Error::internal("validated fields missing")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cpis_proto::access::Principal;
+    use cpis_proto::gateway::Setting;
+    use proptest::prelude::*;
+
+    fn fields(request: DecideRequest) -> Vec<String> {
+        match validate(request) {
+            Err(platform::Error::InvalidArgument(vs)) => vs.into_iter().map(|v| v.field).collect(),
+            other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+        }
+    }
+
+    fn lookup_request() -> DecideRequest {
+        DecideRequest {
+            principal: Some(Principal {
+                user_id: "dr.jones".into(),
+                ods_code: "rqx".into(),
+                role_code: "R8000".into(),
+                activities: vec!["B0107".into(), "NOT_AN_ACTIVITY".into()],
+                ..Default::default()
+            }),
+            action: "LookupChild".into(),
+            nhs_number: "943 476 5919".into(),
+            access_kind: AccessKind::Unscheduled.into(),
+            setting: Some(Setting {
+                ods_code: "rqx01".into(),
+                setting_type: SettingType::EmergencyDepartment.into(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_well_formed_lookup_is_normalised() {
+        let input = validate(lookup_request()).unwrap();
+        let Identity::User {
+            ods_code,
+            activities,
+            ..
+        } = &input.identity
+        else {
+            panic!("a user")
+        };
+        assert_eq!(ods_code.as_str(), "RQX");
+        assert_eq!(activities.len(), 1);
+        assert_eq!(input.nhs_number.unwrap().as_str(), "9434765919");
+        assert_eq!(input.lookup.unwrap().site.as_str(), "RQX01");
+    }
+
+    #[test]
+    fn decide_rejects_an_access_kind_inconsistent_with_the_setting_type() {
+        let mut r = lookup_request();
+        r.access_kind = AccessKind::Scheduled.into();
+        assert_eq!(fields(r), ["setting.setting_type"]);
+    }
+
+    #[test]
+    fn decide_reports_every_violation_at_once() {
+        let r = DecideRequest {
+            principal: Some(Principal::default()),
+            action: "Nope".into(),
+            nhs_number: "123".into(),
+            request_id: "r1".into(),
+            trace_id: "XYZ".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            fields(r),
+            [
+                "principal",
+                "action",
+                "nhs_number",
+                "request_fingerprint",
+                "trace_id"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_principal_with_both_user_and_system_is_invalid() {
+        let mut r = lookup_request();
+        if let Some(p) = r.principal.as_mut() {
+            p.system_san = "spiffe://x".into();
+        }
+        assert_eq!(fields(r), ["principal"]);
+    }
+
+    proptest! {
+        #[test]
+        fn validation_never_panics(
+            user in ".{0,8}", san in ".{0,8}", ods in ".{0,10}", action in ".{0,14}",
+            nhs in "[0-9 ]{0,12}", kind in -1i32..4, setting_type in -1i32..18, site in ".{0,9}",
+            rid in ".{0,4}", fp in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            let _ = validate(DecideRequest {
+                principal: Some(Principal { user_id: user, system_san: san, ods_code: ods, ..Default::default() }),
+                action, nhs_number: nhs, access_kind: kind,
+                setting: Some(Setting { ods_code: site, setting_type }),
+                request_id: rid, request_fingerprint: fp,
+                ..Default::default()
+            });
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! The one writer task per process. Requests queue on a channel; the task takes everything
+//! queued (up to [`MAX_BATCH`]) and commits it as one batch, then answers each waiter. Under
+//! load a batch grows, so callers share commits instead of queueing behind one each.
+
+use super::batch;
+use super::request::{DecideInput, validate};
+use crate::error::for_each_waiter;
+use cpis_proto::access::{DecideRequest, Decision};
+use platform::{Error, Result};
+use sea_orm::DatabaseConnection;
+use tokio::sync::{mpsc, oneshot};
+
+/// Large enough to amortise a commit, small enough to stay far below bind-parameter limits.
+pub const MAX_BATCH: usize = 256;
+const QUEUE: usize = 8192;
+
+struct Pending {
+    input: DecideInput,
+    reply: oneshot::Sender<Result<Decision>>,
+}
+
+/// Decides and audits; cheap to clone (all clones feed the same writer task).
+#[derive(Clone)]
+pub struct AccessDecisions {
+    queue: mpsc::Sender<Pending>,
+}
+
+impl AccessDecisions {
+    /// Starts the writer task; it ends once every clone is dropped.
+    pub fn spawn(db: DatabaseConnection) -> Self {
+        let (queue, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run(db, rx));
+        AccessDecisions { queue }
+    }
+
+    /// Validates (not audited when invalid), then decides and audits.
+    pub async fn decide(&self, request: DecideRequest) -> Result<Decision> {
+        let input = validate(request)?;
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Pending { input, reply })
+            .await
+            .map_err(|_| Error::unavailable("audit writer (stopping)"))?;
+        answer
+            .await
+            .map_err(|_| Error::internal("the audit writer dropped a request"))?
+    }
+}
+
+async fn run(db: DatabaseConnection, mut rx: mpsc::Receiver<Pending>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let (inputs, replies): (Vec<_>, Vec<_>) =
+            batch.drain(..).map(|p| (p.input, p.reply)).unzip();
+        match batch::commit(&db, &inputs).await {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    // A caller that gave up still has its decision recorded.
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, records = inputs.len(), "audit batch not committed");
+                for reply in replies {
+                    let _ = reply.send(Err(for_each_waiter(&e)));
+                }
+            }
+        }
+    }
+}
