@@ -50,7 +50,11 @@ pub async fn start(args: &DevArgs, shutdown: Shutdown) -> Result<DevSystem> {
 
     let access =
         access_service::AccessService::start(backend_args.clone(), shutdown.clone()).await?;
-    let flag = flag_service::FlagService::start(backend_args.clone(), shutdown.clone()).await?;
+    let flag = flag_service::FlagService::start(
+        flag_service::FlagArgs::embedded(args.data_dir.clone()),
+        shutdown.clone(),
+    )
+    .await?;
     let attendance =
         attendance_service::AttendanceService::start(backend_args.clone(), shutdown.clone())
             .await?;

@@ -27,16 +27,24 @@ pub fn attach(metadata: &mut MetadataMap, principal: &Principal) {
     );
 }
 
-/// The forwarded principal of an incoming call, if its peer may forward one.
-pub fn from_request<T>(request: &Request<T>, trust: &PeerTrust) -> Result<Principal> {
+/// Refuses a peer that may not speak for the gateway: for internal calls that carry no
+/// principal (those that do go through [`from_request`], which checks the peer too).
+pub fn require_gateway_peer<T>(request: &Request<T>, trust: &PeerTrust) -> Result<()> {
     let trusted = match trust {
         PeerTrust::Loopback => request.remote_addr().is_some_and(|a| a.ip().is_loopback()),
     };
-    if !trusted {
-        return Err(Error::Unauthenticated(
+    if trusted {
+        Ok(())
+    } else {
+        Err(Error::Unauthenticated(
             "only the gateway may call this service".into(),
-        ));
+        ))
     }
+}
+
+/// The forwarded principal of an incoming call, if its peer may forward one.
+pub fn from_request<T>(request: &Request<T>, trust: &PeerTrust) -> Result<Principal> {
+    require_gateway_peer(request, trust)?;
     let value = request
         .metadata()
         .get_bin(METADATA_KEY)
