@@ -61,7 +61,7 @@ impl FlagCache {
 
     /// Redis at `url`; connects in the background, so a Redis down at start only means
     /// "no cache" until it answers.
-    pub fn shared(url: &str) -> FlagCache {
+    pub fn shared(url: &str, key_prefix: &str) -> FlagCache {
         let conn = Arc::new(OnceCell::new());
         let cell = conn.clone();
         let url = url.to_owned();
@@ -83,6 +83,7 @@ impl FlagCache {
         FlagCache::Shared(SharedCache {
             conn,
             fill: Arc::new(redis::Script::new(FILL_IF_CURRENT)),
+            prefix: Arc::from(key_prefix),
         })
     }
 
@@ -254,18 +255,19 @@ impl LocalState {
 pub struct SharedCache {
     conn: Arc<OnceCell<ConnectionManager>>,
     fill: Arc<redis::Script>,
-}
-
-// The hash tag keeps a number's two keys in one slot, so the fill script is cluster-safe.
-fn generation_key(n: &NhsNumber) -> String {
-    format!("cpis:flags:{{{}}}:gen", n.as_str())
-}
-
-fn entry_key(n: &NhsNumber) -> String {
-    format!("cpis:flags:{{{}}}:entry", n.as_str())
+    prefix: Arc<str>,
 }
 
 impl SharedCache {
+    // The hash tag keeps a number's two keys in one slot, so the fill script is cluster-safe.
+    fn generation_key(&self, n: &NhsNumber) -> String {
+        format!("{}:{{{}}}:gen", self.prefix, n.as_str())
+    }
+
+    fn entry_key(&self, n: &NhsNumber) -> String {
+        format!("{}:{{{}}}:entry", self.prefix, n.as_str())
+    }
+
     fn connection(&self) -> Option<ConnectionManager> {
         self.conn.get().cloned()
     }
@@ -280,7 +282,7 @@ impl SharedCache {
         };
         let keys: Vec<String> = numbers
             .iter()
-            .flat_map(|n| [generation_key(n), entry_key(n)])
+            .flat_map(|n| [self.generation_key(n), self.entry_key(n)])
             .collect();
         // Generation and entry in one round trip, so the tag is compared with the generation
         // of the same instant.
@@ -323,8 +325,8 @@ impl SharedCache {
             let entry = encode_entry(n, generation, rows);
             pipe.invoke_script(
                 self.fill
-                    .key(generation_key(n))
-                    .key(entry_key(n))
+                    .key(self.generation_key(n))
+                    .key(self.entry_key(n))
                     .arg(generation.as_slice())
                     .arg(entry)
                     .arg(ENTRY_TTL_SECONDS),
@@ -350,7 +352,7 @@ impl SharedCache {
         for chunk in numbers.chunks(NUMBERS_PER_PIPELINE) {
             let mut pipe = redis::pipe();
             for n in chunk {
-                let key = generation_key(n);
+                let key = self.generation_key(n);
                 pipe.cmd("SET")
                     .arg(&key)
                     .arg(seed)

@@ -48,6 +48,10 @@ pub struct FlagArgs {
     /// replicas would not see each other's writes. Ignored when `--redis-url` is set.
     #[arg(long, env = "CPIS_FLAG_LOCAL_CACHE")]
     pub local_cache: bool,
+
+    /// Prefix of this registry's Redis keys, for deployments sharing one Redis.
+    #[arg(long, env = "CPIS_FLAG_CACHE_PREFIX", default_value = "cpis:flags")]
+    pub cache_prefix: String,
 }
 
 impl FlagArgs {
@@ -56,12 +60,13 @@ impl FlagArgs {
         FlagArgs {
             serve: ServeArgs::embedded(data_dir),
             local_cache: true,
+            cache_prefix: "cpis:flags".into(),
         }
     }
 
     fn cache(&self) -> FlagCache {
         match (&self.serve.redis_url, self.local_cache) {
-            (Some(url), _) => FlagCache::shared(url),
+            (Some(url), _) => FlagCache::shared(url, &self.cache_prefix),
             (None, true) => FlagCache::local(),
             (None, false) => FlagCache::Off,
         }
