@@ -53,7 +53,11 @@ pub async fn start(args: &DevArgs, shutdown: Shutdown) -> Result<DevSystem> {
         shutdown.clone(),
     )
     .await?;
-    let flag = flag_service::FlagService::start(backend_args.clone(), shutdown.clone()).await?;
+    let flag = flag_service::FlagService::start(
+        flag_service::FlagArgs::embedded(args.data_dir.clone()),
+        shutdown.clone(),
+    )
+    .await?;
     let attendance = attendance_service::AttendanceService::start(
         attendance_service::AttendanceArgs::embedded(args.data_dir.clone()),
         shutdown.clone(),

@@ -1,50 +1,101 @@
 //! flag-service: the registry of which children local authorities protect.
 //!
 //! It holds flags (with their history), uploads and their reports, restrictions on sensitive
-//! records, and the per-LA notification outbox. It calls no other service: the gateway
-//! decides access first and forwards the verified principal.
+//! records, inactive numbers, and the per-LA notification outbox. It calls no other service:
+//! the gateway decides access first and forwards the verified principal.
+//!
+//! A request enters in [`handlers`], is parsed in [`requests`], judged by [`rules`] (dates,
+//! visibility, record codes) and stored through [`storage`]. Lookups read through [`cache`];
+//! watchers of the outbox are woken by [`feed`].
 
+pub mod cache;
+pub mod entities;
+pub mod error;
+pub mod feed;
+pub mod flag;
+pub mod handlers;
 pub mod migration;
+pub mod requests;
+pub mod rules;
+pub mod storage;
 
+use cache::FlagCache;
+use feed::NotificationFeed;
+use handlers::Handlers;
 use platform::config::{DatabaseArgs, LogArgs, ServeArgs};
 use platform::runtime::{Backend, BackendContext, Component};
 use platform::server::Running;
 use platform::shutdown::Shutdown;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 use tonic::service::Routes;
 
 pub const NAME: &str = "flag-service";
 pub const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50061);
 
-/// The gRPC handlers; each answers `UNIMPLEMENTED` until written.
-#[derive(Clone)]
-pub struct Handlers {
-    #[allow(dead_code)]
-    context: BackendContext,
+/// Staged records older than this belong to an upload whose process died: removed at start.
+const STALE_STAGING: Duration = Duration::from_secs(15 * 60);
+
+/// flag-service's configuration: the common serving flags plus its cache mode.
+#[derive(clap::Args, Debug, Clone)]
+pub struct FlagArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+
+    /// Cache lookups in this process. Only for a single-process deployment (`cpis dev`):
+    /// replicas would not see each other's writes. Ignored when `--redis-url` is set.
+    #[arg(long, env = "CPIS_FLAG_LOCAL_CACHE")]
+    pub local_cache: bool,
+
+    /// Prefix of this registry's Redis keys, for deployments sharing one Redis.
+    #[arg(long, env = "CPIS_FLAG_CACHE_PREFIX", default_value = "cpis:flags")]
+    pub cache_prefix: String,
 }
 
-impl cpis_proto::flag::flag_registry_server::FlagRegistry for Handlers {}
+impl FlagArgs {
+    /// For `cpis dev` and tests: the embedded defaults, with the in-process cache.
+    pub fn embedded(data_dir: PathBuf) -> Self {
+        FlagArgs {
+            serve: ServeArgs::embedded(data_dir),
+            local_cache: true,
+            cache_prefix: "cpis:flags".into(),
+        }
+    }
+
+    fn cache(&self) -> FlagCache {
+        match (&self.serve.redis_url, self.local_cache) {
+            (Some(url), _) => FlagCache::shared(url, &self.cache_prefix),
+            (None, true) => FlagCache::local(),
+            (None, false) => FlagCache::Off,
+        }
+    }
+}
 
 pub struct FlagService;
 
 impl Component for FlagService {
     const NAME: &'static str = NAME;
     const ABOUT: &'static str = "The registry of child protection flags: uploads, visibility, restrictions, notification outbox";
-    type Args = ServeArgs;
+    type Args = FlagArgs;
 
-    async fn start(args: ServeArgs, shutdown: Shutdown) -> platform::Result<Running> {
+    async fn start(args: FlagArgs, shutdown: Shutdown) -> platform::Result<Running> {
         let backend = Backend::<migration::Migrator> {
             name: NAME,
             default_listen: DEFAULT_LISTEN,
             services: vec![cpis_proto::service_names::FLAG_REGISTRY],
             migrator: std::marker::PhantomData,
         };
+        let cache = args.cache();
         backend
-            .start(&args, shutdown, |context| {
+            .start(&args.serve, shutdown, |context| {
+                tokio::spawn(clean_stale_staging(context.clone()));
                 Routes::new(
                     cpis_proto::flag::flag_registry_server::FlagRegistryServer::new(Handlers {
                         context,
+                        cache,
+                        feed: NotificationFeed::default(),
                     }),
                 )
             })
@@ -55,7 +106,23 @@ impl Component for FlagService {
         platform::runtime::migrate::<migration::Migrator>(NAME, &args).await
     }
 
-    fn log_args(args: &ServeArgs) -> &LogArgs {
-        &args.log
+    fn log_args(args: &FlagArgs) -> &LogArgs {
+        &args.serve.log
+    }
+}
+
+/// Once the schema is ready, removes what uploads interrupted by a crash left staged.
+async fn clean_stale_staging(context: BackendContext) {
+    while !context.readiness.is_ready() {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = context.shutdown.wait() => return,
+        }
+    }
+    let before = chrono::Utc::now() - STALE_STAGING;
+    match storage::uploads::discard_stale(&context.db, before).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(rows = n, "removed records staged by interrupted uploads"),
+        Err(e) => tracing::warn!(error = %e, "could not remove stale staged records"),
     }
 }

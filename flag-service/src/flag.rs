@@ -1,0 +1,104 @@
+//! A flag as lookups see it: what the cache holds per NHS number and what answers are built
+//! from. Visibility and `active` are computed at each instant, never stored.
+
+use crate::entities::flag as flag_row;
+use crate::rules::FlagDates;
+use chrono::NaiveDate;
+use cpis_proto::gateway;
+use platform::domain::{FlagType, format_optional_date, parse_date, parse_optional_date};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Flag {
+    pub la_ods_code: String,
+    pub la_name: String,
+    pub nhs_number: String,
+    pub dates: FlagDates,
+    pub emergency_phone: String,
+    pub office_hours_phone: String,
+    pub email: String,
+}
+
+impl Flag {
+    /// `None` for a row whose type is not one we know (never written by this service).
+    pub fn from_row(row: &flag_row::Model) -> Option<Flag> {
+        Some(Flag {
+            la_ods_code: row.la_ods_code.clone(),
+            la_name: row.la_name.clone(),
+            nhs_number: row.nhs_number.clone(),
+            dates: FlagDates {
+                flag_type: FlagType::parse(&row.flag_type)?,
+                start: row.start_date,
+                end: row.end_date,
+                due: row.due_date,
+            },
+            emergency_phone: row.emergency_phone.clone(),
+            office_hours_phone: row.office_hours_phone.clone(),
+            email: row.email.clone(),
+        })
+    }
+
+    /// The wire form, with `active` as of `today`.
+    pub fn to_proto(&self, today: NaiveDate) -> gateway::Flag {
+        gateway::Flag {
+            nhs_number: self.nhs_number.clone(),
+            flag_type: self.dates.flag_type.into(),
+            start_date: format_optional_date(Some(self.dates.start)),
+            end_date: format_optional_date(self.dates.end),
+            due_date: format_optional_date(self.dates.due),
+            active: self.dates.is_active(today),
+            local_authority: Some(gateway::LocalAuthorityContact {
+                ods_code: self.la_ods_code.clone(),
+                name: self.la_name.clone(),
+                emergency_phone: self.emergency_phone.clone(),
+                office_hours_phone: self.office_hours_phone.clone(),
+                email: self.email.clone(),
+            }),
+        }
+    }
+
+    /// Back from the wire form (the shared cache stores flags so); `None` when malformed.
+    pub fn from_proto(flag: &gateway::Flag) -> Option<Flag> {
+        let la = flag.local_authority.as_ref()?;
+        Some(Flag {
+            la_ods_code: la.ods_code.clone(),
+            la_name: la.name.clone(),
+            nhs_number: flag.nhs_number.clone(),
+            dates: FlagDates {
+                flag_type: FlagType::from_wire(flag.flag_type)?,
+                start: parse_date(&flag.start_date).ok()?,
+                end: parse_optional_date(&flag.end_date).ok()?,
+                due: parse_optional_date(&flag.due_date).ok()?,
+            },
+            emergency_phone: la.emergency_phone.clone(),
+            office_hours_phone: la.office_hours_phone.clone(),
+            email: la.email.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn wire_form_round_trips() {
+        let flag = Flag {
+            la_ods_code: "706".into(),
+            la_name: "Example Council".into(),
+            nhs_number: "9434765919".into(),
+            dates: FlagDates {
+                flag_type: FlagType::Ucpp,
+                start: parse_date("2025-01-01").unwrap(),
+                end: None,
+                due: Some(parse_date("2025-08-01").unwrap()),
+            },
+            emergency_phone: "0161 234 5678".into(),
+            office_hours_phone: String::new(),
+            email: "duty@example.gov.uk".into(),
+        };
+        let wire = flag.to_proto(parse_date("2025-02-01").unwrap());
+        assert!(wire.active);
+        assert_eq!(Flag::from_proto(&wire), Some(flag));
+    }
+}

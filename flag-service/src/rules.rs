@@ -1,0 +1,500 @@
+//! The pure rules of the registry, with no I/O: when a flag is visible and active
+//! (DOMAIN.md "Dates and windows"), and how an uploaded record is judged (the record codes of
+//! types.proto). Restrictions are the one record rule not here: they need the database and are
+//! checked inside the upload's transaction.
+
+use chrono::{Days, NaiveDate};
+use cpis_proto::gateway::{FlagRecord, RecordCode};
+use platform::domain::{FlagType, NhsNumber, parse_optional_date};
+
+/// CPP and LAC stay visible, shown as ended, for this long after their end date.
+pub const ENDED_PLAN_WINDOW: Days = Days::new(365);
+/// UCPP stays visible this long after the earlier of its due date and end date.
+pub const UNBORN_PLAN_WINDOW: Days = Days::new(28);
+
+/// The dates that decide a flag's visibility.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlagDates {
+    pub flag_type: FlagType,
+    pub start: NaiveDate,
+    pub end: Option<NaiveDate>,
+    pub due: Option<NaiveDate>,
+}
+
+impl FlagDates {
+    /// The first day on which the flag is no longer visible; `None` while it has no end.
+    pub fn hidden_from(&self) -> Option<NaiveDate> {
+        let (anchor, window) = match self.flag_type {
+            FlagType::Cpp | FlagType::Lac => (self.end?, ENDED_PLAN_WINDOW),
+            // A UCPP always has a due date once accepted; without one only its end bounds it.
+            FlagType::Ucpp => {
+                let anchor = match (self.due, self.end) {
+                    (Some(due), Some(end)) => due.min(end),
+                    (Some(d), None) | (None, Some(d)) => d,
+                    (None, None) => return None,
+                };
+                (anchor, UNBORN_PLAN_WINDOW)
+            }
+        };
+        // Past chrono's calendar the window never closes in practice.
+        anchor.checked_add_days(window)
+    }
+
+    /// Visible from the start date while today is before the end of its window.
+    pub fn is_visible(&self, today: NaiveDate) -> bool {
+        today >= self.start && self.hidden_from().is_none_or(|bound| today < bound)
+    }
+
+    /// Visible and not ended: no end date, or today before it.
+    pub fn is_active(&self, today: NaiveDate) -> bool {
+        self.is_visible(today) && self.end.is_none_or(|end| today < end)
+    }
+}
+
+/// An uploaded record that passed every rule that needs no database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValidRecord {
+    pub nhs_number: NhsNumber,
+    pub dates: FlagDates,
+    pub emergency_phone: String,
+    pub office_hours_phone: String,
+    pub email: String,
+}
+
+/// Why a record is refused: its code and a message naming the field, for people.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordProblem {
+    pub code: RecordCode,
+    pub message: String,
+}
+
+impl RecordProblem {
+    fn new(code: RecordCode, field: &str, problem: impl std::fmt::Display) -> Self {
+        RecordProblem {
+            code,
+            message: format!("{field}: {problem}"),
+        }
+    }
+
+    pub fn sensitive() -> Self {
+        RecordProblem::new(
+            RecordCode::SensitiveRecord,
+            "nhs_number",
+            "is a sensitive record and may not hold child protection information",
+        )
+    }
+}
+
+/// Judges one record on its own. The first problem found decides the code, in the order NHS
+/// number, flag type, dates, contact fields.
+pub fn judge_record(record: &FlagRecord) -> Result<ValidRecord, RecordProblem> {
+    let nhs_number = NhsNumber::parse(&record.nhs_number)
+        .map_err(|e| RecordProblem::new(RecordCode::InvalidNhsNumber, "nhs_number", e))?;
+    let flag_type = FlagType::from_wire(record.flag_type).ok_or_else(|| {
+        RecordProblem::new(
+            RecordCode::InvalidField,
+            "flag_type",
+            "must be FLAG_TYPE_CPP, FLAG_TYPE_LAC or FLAG_TYPE_UCPP",
+        )
+    })?;
+    let dates = judge_dates(flag_type, record)?;
+    let emergency_phone = record.emergency_phone.trim();
+    if emergency_phone.is_empty() {
+        return Err(RecordProblem::new(
+            RecordCode::InvalidField,
+            "emergency_phone",
+            "is required",
+        ));
+    }
+    for (field, value) in [
+        ("emergency_phone", emergency_phone),
+        ("office_hours_phone", record.office_hours_phone.trim()),
+    ] {
+        if !value.is_empty() && !is_phone_number(value) {
+            return Err(RecordProblem::new(
+                RecordCode::InvalidField,
+                field,
+                "must be 10 to 15 digits, with optional spaces and one leading +",
+            ));
+        }
+    }
+    let email = record.email.trim();
+    if !email.is_empty() && !is_email(email) {
+        return Err(RecordProblem::new(
+            RecordCode::InvalidField,
+            "email",
+            "must be an address local@domain of at most 254 characters",
+        ));
+    }
+    Ok(ValidRecord {
+        nhs_number,
+        dates,
+        emergency_phone: emergency_phone.to_owned(),
+        office_hours_phone: record.office_hours_phone.trim().to_owned(),
+        email: email.to_owned(),
+    })
+}
+
+fn judge_dates(flag_type: FlagType, record: &FlagRecord) -> Result<FlagDates, RecordProblem> {
+    let invalid = |field: &str, problem: &dyn std::fmt::Display| {
+        RecordProblem::new(RecordCode::InvalidDates, field, problem)
+    };
+    if record.start_date.is_empty() {
+        return Err(invalid("start_date", &"is required"));
+    }
+    let start = parse_optional_date(&record.start_date)
+        .map_err(|e| invalid("start_date", &e))?
+        .ok_or_else(|| invalid("start_date", &"is required"))?;
+    let end = parse_optional_date(&record.end_date).map_err(|e| invalid("end_date", &e))?;
+    let due = parse_optional_date(&record.due_date).map_err(|e| invalid("due_date", &e))?;
+    if end.is_some_and(|end| end < start) {
+        return Err(invalid("end_date", &"is before start_date"));
+    }
+    match (flag_type, due) {
+        (FlagType::Ucpp, None) => Err(invalid("due_date", &"is required for FLAG_TYPE_UCPP")),
+        (FlagType::Cpp | FlagType::Lac, Some(_)) => Err(invalid(
+            "due_date",
+            &"must be empty for FLAG_TYPE_CPP and FLAG_TYPE_LAC",
+        )),
+        _ => Ok(FlagDates {
+            flag_type,
+            start,
+            end,
+            due,
+        }),
+    }
+}
+
+/// Digits with optional spaces and one leading `+`, 10 to 15 digits.
+pub fn is_phone_number(value: &str) -> bool {
+    let body = value.strip_prefix('+').unwrap_or(value);
+    let mut digits = 0;
+    for c in body.chars() {
+        match c {
+            '0'..='9' => digits += 1,
+            ' ' => {}
+            _ => return false,
+        }
+    }
+    (10..=15).contains(&digits)
+}
+
+/// `local@domain`: one `@`, a local part of printable characters without spaces, and a
+/// domain of dot-separated labels (letters, digits, hyphens inside), at most 254 characters.
+pub fn is_email(value: &str) -> bool {
+    if value.len() > 254 {
+        return false;
+    }
+    let Some((local, domain)) = value.split_once('@') else {
+        return false;
+    };
+    let local_ok = !local.is_empty()
+        && local.len() <= 64
+        && local.chars().all(|c| {
+            c.is_ascii_graphic()
+                && !matches!(
+                    c,
+                    '@' | '"' | '(' | ')' | ',' | ';' | '<' | '>' | '[' | ']' | '\\'
+                )
+        })
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..");
+    let labels: Vec<&str> = domain.split('.').collect();
+    let domain_ok = labels.len() >= 2
+        && labels.iter().all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    local_ok && domain_ok
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use chrono::{TimeZone, Utc};
+    use platform::domain::england_date;
+    use proptest::prelude::*;
+
+    fn d(s: &str) -> NaiveDate {
+        platform::domain::parse_date(s).unwrap()
+    }
+
+    fn dates(flag_type: FlagType, start: &str, end: &str, due: &str) -> FlagDates {
+        FlagDates {
+            flag_type,
+            start: d(start),
+            end: parse_optional_date(end).unwrap(),
+            due: parse_optional_date(due).unwrap(),
+        }
+    }
+
+    fn record(flag_type: FlagType, start: &str, end: &str, due: &str) -> FlagRecord {
+        FlagRecord {
+            nhs_number: "943 476 5919".into(),
+            flag_type: flag_type.into(),
+            start_date: start.into(),
+            end_date: end.into(),
+            due_date: due.into(),
+            emergency_phone: "0161 234 5678".into(),
+            office_hours_phone: String::new(),
+            email: String::new(),
+        }
+    }
+
+    #[test]
+    fn cpp_is_visible_from_its_start_date_not_the_day_before() {
+        let f = dates(FlagType::Cpp, "2025-03-10", "", "");
+        assert!(!f.is_visible(d("2025-03-09")));
+        assert!(f.is_visible(d("2025-03-10")));
+        assert!(f.is_visible(d("2025-03-11")));
+        assert!(f.is_active(d("2025-03-10")));
+    }
+
+    #[test]
+    fn cpp_without_end_date_is_visible_and_active_for_ever() {
+        let f = dates(FlagType::Cpp, "2020-01-01", "", "");
+        assert!(f.is_visible(d("2262-01-01")));
+        assert!(f.is_active(d("2262-01-01")));
+    }
+
+    #[test]
+    fn ended_cpp_and_lac_stay_visible_until_end_plus_365_days() {
+        for flag_type in [FlagType::Cpp, FlagType::Lac] {
+            // 2024 is a leap year: 2024-03-01 + 365 days is 2025-03-01.
+            let f = dates(flag_type, "2023-01-01", "2024-03-01", "");
+            assert!(f.is_visible(d("2025-02-28")), "{flag_type}: day before");
+            assert!(!f.is_visible(d("2025-03-01")), "{flag_type}: day of");
+            assert!(!f.is_visible(d("2025-03-02")), "{flag_type}: day after");
+        }
+    }
+
+    #[test]
+    fn a_flag_is_active_until_the_day_before_its_end_date() {
+        let f = dates(FlagType::Lac, "2024-01-01", "2024-06-15", "");
+        assert!(f.is_active(d("2024-06-14")));
+        assert!(!f.is_active(d("2024-06-15")));
+        assert!(f.is_visible(d("2024-06-15")), "shown as ended");
+        assert!(!f.is_active(d("2024-06-16")));
+    }
+
+    #[test]
+    fn ucpp_stays_visible_until_due_date_plus_28_days() {
+        let f = dates(FlagType::Ucpp, "2025-01-01", "", "2025-06-10");
+        assert!(f.is_visible(d("2025-07-07")));
+        assert!(!f.is_visible(d("2025-07-08")));
+        assert!(!f.is_visible(d("2025-07-09")));
+        // No end date: active while visible, even past the due date.
+        assert!(f.is_active(d("2025-07-07")));
+    }
+
+    #[test]
+    fn ucpp_ended_before_its_due_date_uses_the_end_date() {
+        let f = dates(FlagType::Ucpp, "2025-01-01", "2025-03-01", "2025-06-10");
+        assert!(f.is_visible(d("2025-03-28")));
+        assert!(!f.is_visible(d("2025-03-29")));
+        assert!(!f.is_active(d("2025-03-01")));
+        assert!(f.is_active(d("2025-02-28")));
+        // Ended after the due date: the due date bounds it.
+        let g = dates(FlagType::Ucpp, "2025-01-01", "2025-08-01", "2025-06-10");
+        assert!(g.is_visible(d("2025-07-07")));
+        assert!(!g.is_visible(d("2025-07-08")));
+    }
+
+    #[test]
+    fn today_is_the_england_date_across_the_bst_boundary() {
+        // A CPP ended 2024-03-31: hidden from 2025-03-31. BST starts 2025-03-30 01:00 UTC.
+        let f = dates(FlagType::Cpp, "2024-01-01", "2024-03-31", "");
+        // 2025-03-30 23:30 UTC is 00:30 BST on 2025-03-31: already hidden in England.
+        let late = Utc.with_ymd_and_hms(2025, 3, 30, 23, 30, 0).unwrap();
+        assert_eq!(england_date(late), d("2025-03-31"));
+        assert!(!f.is_visible(england_date(late)));
+        // 22:59:59 UTC is 23:59:59 BST on 2025-03-30: still visible.
+        let before = Utc.with_ymd_and_hms(2025, 3, 30, 22, 59, 59).unwrap();
+        assert!(f.is_visible(england_date(before)));
+        // In winter (GMT) midnight UTC is midnight in London.
+        let g = dates(FlagType::Cpp, "2024-11-01", "", "");
+        let winter_eve = Utc.with_ymd_and_hms(2024, 10, 31, 23, 59, 59).unwrap();
+        assert!(!g.is_visible(england_date(winter_eve)));
+        let winter_day = Utc.with_ymd_and_hms(2024, 11, 1, 0, 0, 0).unwrap();
+        assert!(g.is_visible(england_date(winter_day)));
+        // At the end of BST (2024-10-27 01:00 UTC) 00:30 UTC is still 01:30 BST that day.
+        let h = dates(FlagType::Cpp, "2024-10-27", "", "");
+        let bst_end = Utc.with_ymd_and_hms(2024, 10, 26, 23, 30, 0).unwrap();
+        assert!(h.is_visible(england_date(bst_end)));
+        let just_before = Utc.with_ymd_and_hms(2024, 10, 26, 22, 59, 59).unwrap();
+        assert!(!h.is_visible(england_date(just_before)));
+    }
+
+    #[test]
+    fn accepts_a_well_formed_record_and_normalises_its_number() {
+        let valid = judge_record(&record(FlagType::Cpp, "2025-01-01", "", "")).unwrap();
+        assert_eq!(valid.nhs_number.as_str(), "9434765919");
+        let ucpp = judge_record(&record(FlagType::Ucpp, "2025-01-01", "", "2025-09-01"));
+        assert!(ucpp.is_ok());
+    }
+
+    #[test]
+    fn record_codes_follow_the_contract() {
+        let code = |r: FlagRecord| judge_record(&r).unwrap_err().code;
+        let mut bad_number = record(FlagType::Cpp, "2025-01-01", "", "");
+        bad_number.nhs_number = "9876544321".into();
+        assert_eq!(code(bad_number), RecordCode::InvalidNhsNumber);
+        let mut unspecified = record(FlagType::Cpp, "2025-01-01", "", "");
+        unspecified.flag_type = 0;
+        assert_eq!(code(unspecified), RecordCode::InvalidField);
+        for (t, start, end, due) in [
+            (FlagType::Cpp, "2025-02-30", "", ""),
+            (FlagType::Cpp, "", "", ""),
+            (FlagType::Cpp, "01/02/2025", "", ""),
+            (FlagType::Cpp, "2025-01-02", "2025-01-01", ""),
+            (FlagType::Cpp, "2025-01-02", "2025-13-01", ""),
+            (FlagType::Ucpp, "2025-01-02", "", ""),
+            (FlagType::Lac, "2025-01-02", "", "2025-05-01"),
+            (FlagType::Cpp, "2025-01-02", "", "2025-05-01"),
+        ] {
+            assert_eq!(
+                code(record(t, start, end, due)),
+                RecordCode::InvalidDates,
+                "{t} {start} {end} {due}"
+            );
+        }
+        // An end date equal to the start date is allowed.
+        assert!(judge_record(&record(FlagType::Cpp, "2025-01-02", "2025-01-02", "")).is_ok());
+        let mut no_phone = record(FlagType::Cpp, "2025-01-01", "", "");
+        no_phone.emergency_phone = "  ".into();
+        let problem = judge_record(&no_phone).unwrap_err();
+        assert_eq!(problem.code, RecordCode::InvalidField);
+        assert!(problem.message.starts_with("emergency_phone"));
+        let mut bad_office = record(FlagType::Cpp, "2025-01-01", "", "");
+        bad_office.office_hours_phone = "0161-234-5678".into();
+        let problem = judge_record(&bad_office).unwrap_err();
+        assert!(problem.message.starts_with("office_hours_phone"));
+        let mut bad_email = record(FlagType::Cpp, "2025-01-01", "", "");
+        bad_email.email = "duty team@council".into();
+        let problem = judge_record(&bad_email).unwrap_err();
+        assert_eq!(problem.code, RecordCode::InvalidField);
+        assert!(problem.message.starts_with("email"));
+    }
+
+    #[test]
+    fn phone_numbers_are_10_to_15_digits_with_spaces_and_one_leading_plus() {
+        for ok in [
+            "0161 234 5678",
+            "+44 161 234 5678",
+            "01612345678",
+            "123456789012345",
+        ] {
+            assert!(is_phone_number(ok), "{ok}");
+        }
+        for bad in [
+            "016 123 456",
+            "1234567890123456",
+            "++441612345678",
+            "44+1612345678",
+            "0161-234-5678",
+            "(0161) 2345678",
+            "",
+        ] {
+            assert!(!is_phone_number(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn emails_are_local_at_domain() {
+        for ok in ["duty@council.gov.uk", "a.b+c@x-y.example"] {
+            assert!(is_email(ok), "{ok}");
+        }
+        let long = format!("{}@{}.uk", "a".repeat(60), "b".repeat(200));
+        for bad in [
+            "duty",
+            "@council.gov.uk",
+            "duty@",
+            "duty@council",
+            "du ty@council.gov.uk",
+            "a@b@c.uk",
+            "duty@-council.uk",
+            "duty@council..uk",
+            long.as_str(),
+        ] {
+            assert!(!is_email(bad), "{bad}");
+        }
+    }
+
+    fn any_flag() -> impl Strategy<Value = FlagDates> {
+        (
+            0u8..3,
+            0u64..20_000,
+            proptest::option::of(0u64..2_000),
+            0u64..2_000,
+        )
+            .prop_map(|(t, start, end, due)| {
+                let base = d("2000-01-01");
+                let start = base + Days::new(start);
+                let flag_type = [FlagType::Cpp, FlagType::Lac, FlagType::Ucpp][t as usize];
+                FlagDates {
+                    flag_type,
+                    start,
+                    end: end.map(|e| start + Days::new(e)),
+                    due: (flag_type == FlagType::Ucpp).then(|| start + Days::new(due)),
+                }
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn active_implies_visible(f in any_flag(), offset in 0u64..25_000) {
+            let today = d("2000-01-01") + Days::new(offset);
+            prop_assert!(!f.is_active(today) || f.is_visible(today));
+        }
+
+        #[test]
+        fn visibility_is_one_interval_from_the_start_date(f in any_flag(), offset in 0u64..25_000) {
+            let today = d("2000-01-01") + Days::new(offset);
+            let expected = today >= f.start && f.hidden_from().is_none_or(|b| today < b);
+            prop_assert_eq!(f.is_visible(today), expected);
+            // Once hidden, hidden every later day.
+            if today >= f.start && !f.is_visible(today) {
+                prop_assert!(!f.is_visible(today + Days::new(1)));
+            }
+        }
+
+        #[test]
+        fn cpp_and_lac_windows_are_365_days_after_the_end(f in any_flag()) {
+            if let (FlagType::Cpp | FlagType::Lac, Some(end)) = (f.flag_type, f.end) {
+                let last = end + Days::new(364);
+                prop_assert_eq!(f.is_visible(last), last >= f.start);
+                prop_assert!(!f.is_visible(end + Days::new(365)));
+            }
+        }
+
+        #[test]
+        fn judging_arbitrary_records_never_panics(
+            nhs in ".{0,14}", t in -1i32..5, start in ".{0,12}", end in ".{0,12}",
+            due in ".{0,12}", phone in ".{0,20}", email in ".{0,30}",
+        ) {
+            let r = FlagRecord {
+                nhs_number: nhs, flag_type: t, start_date: start, end_date: end, due_date: due,
+                emergency_phone: phone, office_hours_phone: String::new(), email,
+            };
+            if let Err(p) = judge_record(&r) {
+                prop_assert!(p.code != RecordCode::Accepted && p.code != RecordCode::Unspecified);
+                prop_assert!(!p.message.is_empty());
+            }
+        }
+
+        #[test]
+        fn valid_phone_shapes_are_accepted(digits in "[0-9]{10,15}", plus in any::<bool>()) {
+            let spaced: String = digits.chars().enumerate()
+                .flat_map(|(i, c)| if i % 4 == 3 { vec![c, ' '] } else { vec![c] })
+                .collect();
+            let value = if plus { format!("+{spaced}") } else { spaced };
+            prop_assert!(is_phone_number(value.trim()));
+        }
+    }
+}
