@@ -46,7 +46,6 @@ pub async fn start(args: &DevArgs, shutdown: Shutdown) -> Result<DevSystem> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let keys = devkeys::ensure(&args.data_dir)?;
-    let backend_args = ServeArgs::embedded(args.data_dir.clone());
 
     let access = access_service::AccessService::start(
         access_service::AccessArgs::embedded(args.data_dir.clone()),

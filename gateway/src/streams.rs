@@ -81,7 +81,6 @@ impl Core {
         validate::upload_id(&first.upload_id)?;
         let mut intent = Intent::new("UploadFlags");
         intent.upload_id = first.upload_id.clone();
-        intent.request_id = first.upload_id.clone();
         let allowed = self.decide(principal, intent, &metadata, &deadline).await?;
 
         let (tx, rx) = tokio::sync::mpsc::channel::<pb::UploadFlagsRequest>(UPLOAD_WINDOW);

@@ -1,8 +1,9 @@
 //! The verified caller, as the gateway forwards it to the backends: a serialized
 //! `cpis.access.v1.Principal` in the binary metadata entry `cpis-principal-bin`.
 //!
-//! A backend believes that entry only from a peer it trusts to be the gateway. Until mTLS is
-//! configured that is a loopback peer under `--insecure-internal` (development only).
+//! A backend believes that entry only from a peer it trusts to be the gateway: with mTLS, a
+//! peer whose verified client certificate carries the gateway's SAN; without it, a loopback
+//! peer under `--insecure-internal` (development only).
 
 use crate::error::{Error, Result};
 use cpis_proto::access::Principal;
@@ -29,8 +30,9 @@ pub fn attach(metadata: &mut MetadataMap, principal: &Principal) {
     );
 }
 
-/// The forwarded principal of an incoming call, if its peer may forward one.
-pub fn from_request<T>(request: &Request<T>, trust: &PeerTrust) -> Result<Principal> {
+/// `Ok` only when the peer is one this backend trusts to be the gateway. Every internal call
+/// passes here, those that carry no principal (the gateway on its own behalf) included.
+pub fn require_gateway_peer<T>(request: &Request<T>, trust: &PeerTrust) -> Result<()> {
     let peer = crate::tls::PeerInfo::of(request);
     let trusted = match trust {
         PeerTrust::Loopback => peer
@@ -39,11 +41,18 @@ pub fn from_request<T>(request: &Request<T>, trust: &PeerTrust) -> Result<Princi
             .is_some_and(|a| a.ip().is_loopback()),
         PeerTrust::Gateway { sans } => peer.client_sans.iter().any(|s| sans.contains(s)),
     };
-    if !trusted {
-        return Err(Error::Unauthenticated(
+    if trusted {
+        Ok(())
+    } else {
+        Err(Error::Unauthenticated(
             "only the gateway may call this service".into(),
-        ));
+        ))
     }
+}
+
+/// The forwarded principal of an incoming call, if its peer may forward one.
+pub fn from_request<T>(request: &Request<T>, trust: &PeerTrust) -> Result<Principal> {
+    require_gateway_peer(request, trust)?;
     let value = request
         .metadata()
         .get_bin(METADATA_KEY)

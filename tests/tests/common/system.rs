@@ -117,8 +117,12 @@ impl System {
             if name == "flag-service"
                 && let Some(url) = &redis
             {
-                // A database of its own on the shared server, emptied, so tests do not meet.
+                // Keys of its own on the shared Redis, so concurrent tests never meet.
                 env.push(kv("CPIS_REDIS_URL", url));
+                env.push(kv(
+                    "CPIS_FLAG_CACHE_PREFIX",
+                    format!("cpis-test:{}:{port}", std::process::id()),
+                ));
             }
             let child = spawn(name, &env, &dir.path().join(format!("{name}.log")));
             processes.insert(name, Process { child, port, env });
