@@ -45,22 +45,27 @@ impl Component for AttendanceService {
             services: vec![cpis_proto::service_names::ATTENDANCE_LOG],
             migrator: std::marker::PhantomData,
         };
-        let retention = args.retention;
-        backend
-            .start(&args.serve, shutdown, |context| {
-                tokio::spawn(retention::run(
-                    storage::Attendances::new(context.db.clone()),
-                    retention,
-                    context.readiness.clone(),
-                    context.shutdown.clone(),
-                ));
+        let mut context = None;
+        let running = backend
+            .start(&args.serve, shutdown, |ctx| {
+                context = Some(ctx.clone());
                 Routes::new(
                     cpis_proto::attendance::attendance_log_server::AttendanceLogServer::new(
-                        Handlers::new(context),
+                        Handlers::new(ctx),
                     ),
                 )
             })
-            .await
+            .await?;
+        // Only once serving: a start that failed leaves no purge behind.
+        if let Some(ctx) = context {
+            tokio::spawn(retention::run(
+                storage::Attendances::new(ctx.db),
+                args.retention,
+                ctx.readiness,
+                ctx.shutdown,
+            ));
+        }
+        Ok(running)
     }
 
     async fn migrate(args: DatabaseArgs) -> platform::Result<()> {
