@@ -319,14 +319,17 @@ async fn each_refusal_is_permission_denied_with_its_reason_and_every_decision_is
             (pb::AuditOutcome::Denied, "MISSING_ACTIVITY"),
             (pb::AuditOutcome::Denied, "ORGANISATION_NOT_ONBOARDED"),
             (pb::AuditOutcome::Denied, "SETTING_NOT_IN_ORGANISATION"),
+            // Reading a child's audit trail is itself an access, recorded like any other.
+            (pb::AuditOutcome::Allowed, ""),
         ],
         "{events:?}"
     );
     assert!(
-        events
+        events[..3]
             .iter()
             .all(|e| e.action == "LookupChild" && !e.hash.is_empty())
     );
+    assert_eq!(events[3].action, "ListAuditEvents");
     let verify = AuditClient::new(sys.channel())
         .verify_audit_log(with_token(pb::VerifyAuditLogRequest::default(), &t.auditor))
         .await
