@@ -11,7 +11,7 @@ pub enum RegistryError {
     NotRestricted,
     #[error("this upload_id was already used by the local authority for different records")]
     UploadIdReused,
-    #[error("up_to_cursor is above the highest cursor assigned ({head})")]
+    #[error("is above the highest cursor assigned ({head})")]
     CursorBeyondHead { head: u64 },
     /// The write is committed but the shared cache did not confirm its invalidation.
     #[error("the change is stored but not yet visible everywhere")]

@@ -711,3 +711,313 @@ async fn forged_principal_metadata_sent_straight_to_a_backend_is_refused() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn every_other_rpc_of_the_public_api_works_through_the_gateway() {
+    let (sys, t) = started().await;
+    let (a, b) = (child(11), child(12));
+    let mut la = LocalAuthorityClient::new(sys.channel());
+    let mut admin = AdministrationClient::new(sys.channel());
+    let mut audit = AuditClient::new(sys.channel());
+    upload(
+        &sys,
+        &t.la,
+        "u1",
+        vec![
+            record(&a, pb::FlagType::Cpp, "2024-01-01"),
+            record(&b, pb::FlagType::Lac, "2024-02-01"),
+        ],
+    )
+    .await;
+
+    // ListFlags: the LA's own, paginated.
+    let page = la
+        .list_flags(with_token(
+            pb::ListFlagsRequest {
+                page_size: 1,
+                page_token: String::new(),
+            },
+            &t.la,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.flags.len(), 1);
+    assert!(!page.next_page_token.is_empty());
+    let rest = la
+        .list_flags(with_token(
+            pb::ListFlagsRequest {
+                page_size: 1,
+                page_token: page.next_page_token,
+            },
+            &t.la,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rest.flags.len(), 1);
+    let other = la
+        .list_flags(with_token(pb::ListFlagsRequest::default(), &t.other_la))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(other.flags.is_empty(), "an LA sees only its own flags");
+
+    // EndFlag: shown ended (still visible for a year); another LA gets NOT_FOUND exactly as
+    // for an absent flag.
+    let yesterday = (chrono::Utc::now() - chrono::Duration::days(2)).format("%Y-%m-%d").to_string();
+    let end = pb::EndFlagRequest {
+        nhs_number: a.clone(),
+        flag_type: pb::FlagType::Cpp.into(),
+        start_date: "2024-01-01".into(),
+        end_date: yesterday.clone(),
+    };
+    let ended = la
+        .end_flag(with_token(end.clone(), &t.la))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (ended.end_date.as_str(), ended.active),
+        (yesterday.as_str(), false)
+    );
+    let theirs = la
+        .end_flag(with_token(end.clone(), &t.other_la))
+        .await
+        .unwrap_err();
+    let mut absent = end.clone();
+    absent.start_date = "2020-01-01".into();
+    let missing = la.end_flag(with_token(absent, &t.la)).await.unwrap_err();
+    assert_eq!(
+        (theirs.code(), missing.code()),
+        (Code::NotFound, Code::NotFound)
+    );
+    assert_eq!(
+        theirs.message(),
+        missing.message(),
+        "another LA's flag must look absent"
+    );
+
+    // DeleteFlag: gone from lookups at once.
+    let delete = pb::DeleteFlagRequest {
+        nhs_number: b.clone(),
+        flag_type: pb::FlagType::Lac.into(),
+        start_date: "2024-02-01".into(),
+    };
+    la.delete_flag(with_token(delete.clone(), &t.la))
+        .await
+        .unwrap();
+    assert!(!lookup(&sys, &t.clinician, &b).await.unwrap().flagged);
+    assert_eq!(
+        la.delete_flag(with_token(delete, &t.la))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+
+    // AcknowledgeNotifications after a notifying lookup.
+    lookup(&sys, &t.clinician, &a).await.unwrap();
+    let ack = la
+        .acknowledge_notifications(with_token(
+            pb::AcknowledgeNotificationsRequest { up_to_cursor: 1 },
+            &t.la,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((ack.acknowledged_cursor, ack.backlog), (1, 0));
+    let after_ack = la
+        .list_notifications(with_token(pb::ListNotificationsRequest::default(), &t.la))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        after_ack.notifications.is_empty(),
+        "after_cursor 0 starts after the acknowledged cursor"
+    );
+
+    // Restrictions: later uploads of the number are refused as sensitive; the owning LA is told.
+    let restriction = admin
+        .set_restriction(with_token(
+            pb::SetRestrictionRequest {
+                nhs_number: a.clone(),
+                reason: "S-flag on PDS".into(),
+            },
+            &t.admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(restriction.notifications_created, 1);
+    let report = upload(
+        &sys,
+        &t.la,
+        "u2",
+        vec![record(&a, pb::FlagType::Lac, "2024-05-01")],
+    )
+    .await;
+    assert_eq!(report.results[0].code(), pb::RecordCode::SensitiveRecord);
+    assert!(
+        lookup(&sys, &t.clinician, &a).await.unwrap().flagged,
+        "held flags stay visible"
+    );
+    admin
+        .clear_restriction(with_token(
+            pb::ClearRestrictionRequest {
+                nhs_number: a.clone(),
+            },
+            &t.admin,
+        ))
+        .await
+        .unwrap();
+    let report = upload(
+        &sys,
+        &t.la,
+        "u3",
+        vec![record(&a, pb::FlagType::Lac, "2024-05-01")],
+    )
+    .await;
+    assert_eq!(report.results[0].code(), pb::RecordCode::Accepted);
+
+    // Inactive numbers notify the owning LA.
+    let inactive = admin
+        .mark_nhs_number_inactive(with_token(
+            pb::MarkNhsNumberInactiveRequest {
+                nhs_number: a.clone(),
+                superseded_by: child(13),
+            },
+            &t.admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(inactive.notifications_created >= 1);
+    let kinds: Vec<_> = notifications(&sys, &t.la)
+        .await
+        .iter()
+        .map(|n| n.kind())
+        .collect();
+    assert!(
+        kinds.contains(&pb::NotificationKind::Restricted)
+            && kinds.contains(&pb::NotificationKind::NhsNumberInactive),
+        "{kinds:?}"
+    );
+
+    // Organisations and systems.
+    let orgs = admin
+        .list_organisations(with_token(
+            pb::ListOrganisationsRequest::default(),
+            &t.admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        orgs.organisations
+            .iter()
+            .any(|o| o.ods_code == LA && o.onboarded)
+    );
+    let san = "spiffe://councils.example/la/709";
+    admin
+        .register_system(with_token(
+            pb::RegisterSystemRequest {
+                san: san.into(),
+                ods_code: OTHER_LA.into(),
+                activities: vec!["CPIS_LA_MANAGE".into()],
+            },
+            &t.admin,
+        ))
+        .await
+        .unwrap();
+    let bad = admin
+        .register_system(with_token(
+            pb::RegisterSystemRequest {
+                san: san.into(),
+                ods_code: OTHER_LA.into(),
+                activities: vec!["B0107".into()],
+            },
+            &t.admin,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        bad.code(),
+        Code::InvalidArgument,
+        "a system may hold CPIS_LA_MANAGE only"
+    );
+    let systems = admin
+        .list_systems(with_token(pb::ListSystemsRequest::default(), &t.admin))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(systems.systems.len(), 1);
+    admin
+        .remove_system(with_token(
+            pb::RemoveSystemRequest { san: san.into() },
+            &t.admin,
+        ))
+        .await
+        .unwrap();
+    let systems = admin
+        .list_systems(with_token(pb::ListSystemsRequest::default(), &t.admin))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(systems.systems.is_empty());
+
+    // Audit: checkpoint, then verify against it.
+    let checkpoint = audit
+        .get_checkpoint(with_token((), &t.auditor))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        checkpoint.sequence > 0 && checkpoint.hash.len() == 32 && !checkpoint.signature.is_empty()
+    );
+    let verified = audit
+        .verify_audit_log(with_token(
+            pb::VerifyAuditLogRequest {
+                checkpoint: Some(checkpoint.clone()),
+            },
+            &t.auditor,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        verified.ok && verified.records_checked >= checkpoint.sequence,
+        "{verified:?}"
+    );
+    // A clinician may not read the audit log.
+    let status = audit
+        .get_checkpoint(with_token((), &t.clinician))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), "MISSING_ACTIVITY");
+}
+
+#[tokio::test]
+async fn the_embedded_default_on_sqlite_serves_the_same_lookup_flow() {
+    let sys = System::start(Options {
+        postgres: false,
+        public_tls: false,
+    })
+    .await;
+    let t = tokens(&sys);
+    onboard(&sys, &t).await;
+    let nhs = child(14);
+    assert!(!lookup(&sys, &t.clinician, &nhs).await.unwrap().flagged);
+    upload(
+        &sys,
+        &t.la,
+        "u1",
+        vec![record(&nhs, pb::FlagType::Ucpp, "2025-01-10")],
+    )
+    .await;
+    let answer = lookup(&sys, &t.clinician, &nhs).await.unwrap();
+    assert!(answer.flagged);
+    assert_eq!(answer.flags[0].flag_type(), pb::FlagType::Ucpp);
+    assert_eq!(answer.attendance.unwrap().last_30_days, 1);
+    assert_eq!(notifications(&sys, &t.la).await.len(), 1);
+}
