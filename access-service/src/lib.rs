@@ -62,7 +62,8 @@ impl Component for AccessService {
                         context,
                         decisions,
                         signer,
-                    }),
+                    })
+                    .max_decoding_message_size(platform::server::MAX_MESSAGE_BYTES),
                 )
             })
             .await

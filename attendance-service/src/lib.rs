@@ -52,7 +52,8 @@ impl Component for AttendanceService {
                 Routes::new(
                     cpis_proto::attendance::attendance_log_server::AttendanceLogServer::new(
                         Handlers::new(ctx),
-                    ),
+                    )
+                    .max_decoding_message_size(platform::server::MAX_MESSAGE_BYTES),
                 )
             })
             .await?;

@@ -96,7 +96,8 @@ impl Component for FlagService {
                         context,
                         cache,
                         feed: NotificationFeed::default(),
-                    }),
+                    })
+                    .max_decoding_message_size(platform::server::MAX_MESSAGE_BYTES),
                 )
             })
             .await

@@ -147,10 +147,13 @@ impl Component for Gateway {
         });
         tokio::spawn(obligations::reconcile(core.clone(), RECONCILE_EVERY));
         let api = api::PublicApi { core };
-        let routes = Routes::new(ChildProtectionServer::new(api.clone()))
-            .add_service(LocalAuthorityServer::new(api.clone()))
-            .add_service(AuditServer::new(api.clone()))
-            .add_service(AdministrationServer::new(api));
+        // Every public service caps what it decodes: a 5,000-record upload batch fits with room.
+        let max = server::MAX_MESSAGE_BYTES;
+        let routes =
+            Routes::new(ChildProtectionServer::new(api.clone()).max_decoding_message_size(max))
+                .add_service(LocalAuthorityServer::new(api.clone()).max_decoding_message_size(max))
+                .add_service(AuditServer::new(api.clone()).max_decoding_message_size(max))
+                .add_service(AdministrationServer::new(api).max_decoding_message_size(max));
 
         let listen = args.serve.listen.unwrap_or(DEFAULT_LISTEN);
         let listener = server::bind(listen).await?;

@@ -9,6 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+/// The health service name kubelet's liveness probe asks for: `SERVING` for as long as the
+/// process runs, whatever its dependencies say (readiness asks for `""`).
+pub const LIVENESS: &str = "liveness";
+
 #[derive(Clone)]
 pub struct Readiness {
     reporter: HealthReporter,
@@ -27,6 +31,12 @@ impl Readiness {
             stopping: Arc::new(AtomicBool::new(false)),
         };
         readiness.publish(ServingStatus::NotServing).await;
+        // Liveness is not readiness: a process waiting for its database is alive, and
+        // restarting it would not bring the database back.
+        readiness
+            .reporter
+            .set_service_status(LIVENESS, ServingStatus::Serving)
+            .await;
         readiness
     }
 

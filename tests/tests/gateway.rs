@@ -765,7 +765,9 @@ async fn every_other_rpc_of_the_public_api_works_through_the_gateway() {
 
     // EndFlag: shown ended (still visible for a year); another LA gets NOT_FOUND exactly as
     // for an absent flag.
-    let yesterday = (chrono::Utc::now() - chrono::Duration::days(2)).format("%Y-%m-%d").to_string();
+    let yesterday = (chrono::Utc::now() - chrono::Duration::days(2))
+        .format("%Y-%m-%d")
+        .to_string();
     let end = pb::EndFlagRequest {
         nhs_number: a.clone(),
         flag_type: pb::FlagType::Cpp.into(),
@@ -1020,4 +1022,89 @@ async fn the_embedded_default_on_sqlite_serves_the_same_lookup_flow() {
     assert_eq!(answer.flags[0].flag_type(), pb::FlagType::Ucpp);
     assert_eq!(answer.attendance.unwrap().last_30_days, 1);
     assert_eq!(notifications(&sys, &t.la).await.len(), 1);
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_unary_call_finish_ends_watches_unavailable_and_exits_zero() {
+    let (mut sys, t) = started().await;
+    let nhs = child(15);
+    upload(
+        &sys,
+        &t.la,
+        "u1",
+        vec![record(&nhs, pb::FlagType::Cpp, "2024-01-01")],
+    )
+    .await;
+    let mut la = LocalAuthorityClient::new(sys.channel());
+    let mut watch = la
+        .watch_notifications(with_token(
+            pb::WatchNotificationsRequest {
+                after_cursor: 0,
+                from_start: true,
+            },
+            &t.la,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Freeze the registry so a lookup is held in flight inside the gateway.
+    sys.signal("flag-service", "STOP");
+    let in_flight = {
+        let channel = sys.channel();
+        let token = t.clinician.clone();
+        let nhs = nhs.clone();
+        tokio::spawn(async move {
+            let request = lookup_request(
+                &nhs,
+                pb::AccessKind::Unscheduled,
+                SITE,
+                pb::SettingType::EmergencyDepartment,
+                "",
+            );
+            ChildProtectionClient::new(channel)
+                .lookup_child(with_token(request, &token))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !in_flight.is_finished(),
+        "the lookup should be waiting on the frozen registry"
+    );
+
+    let started = std::time::Instant::now();
+    let terminate = {
+        let pid = sys.pid("gateway");
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .unwrap();
+        })
+    };
+    terminate.await.unwrap();
+    // The watch ends at once with UNAVAILABLE so its client can resume elsewhere.
+    let ended = tokio::time::timeout(Duration::from_secs(3), watch.message())
+        .await
+        .expect("the watch did not end");
+    assert!(
+        matches!(&ended, Err(s) if s.code() == Code::Unavailable),
+        "{ended:?}"
+    );
+
+    // The registry comes back; the call in flight completes with a real answer.
+    sys.signal("flag-service", "CONT");
+    let answer = in_flight
+        .await
+        .unwrap()
+        .expect("the call in flight must complete")
+        .into_inner();
+    assert!(answer.flagged);
+    let status = sys.wait_exit("gateway");
+    assert!(status.success(), "exited with {status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5 + 2),
+        "not within the grace period"
+    );
 }

@@ -265,6 +265,27 @@ impl System {
         let _ = p.child.wait();
     }
 
+    /// Sends a signal (`STOP`, `CONT`, ...) to a service's process.
+    pub fn signal(&self, name: &str, signal: &str) {
+        let pid = self.processes[name].child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args([&format!("-{signal}"), &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    pub fn pid(&self, name: &str) -> u32 {
+        self.processes[name].child.id()
+    }
+
+    /// Waits for a process to exit on its own.
+    pub fn wait_exit(&mut self, name: &str) -> std::process::ExitStatus {
+        self.processes.get_mut(name).unwrap().child.wait().unwrap()
+    }
+
     /// SIGTERM, and the exit status.
     pub fn terminate(&mut self, name: &str) -> std::process::ExitStatus {
         let p = self.processes.get_mut(name).unwrap();
