@@ -178,3 +178,66 @@ async fn health_is_serving_once_sqlite_is_migrated_and_not_serving_after_shutdow
     trigger.fire();
     running.wait().await.unwrap();
 }
+
+mod one {
+    use sea_orm_migration::prelude::*;
+
+    pub struct Migrator;
+
+    #[async_trait::async_trait]
+    impl MigratorTrait for Migrator {
+        fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+            vec![Box::new(CreateProbe)]
+        }
+    }
+
+    #[derive(DeriveMigrationName)]
+    struct CreateProbe;
+
+    #[async_trait::async_trait]
+    impl MigrationTrait for CreateProbe {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager
+                .create_table(
+                    Table::create()
+                        .table("probe")
+                        .col(ColumnDef::new("id").integer().not_null().primary_key())
+                        .to_owned(),
+                )
+                .await
+        }
+    }
+}
+
+#[tokio::test]
+async fn with_migrate_off_health_waits_for_the_migration_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = ServeArgs::embedded(dir.path().to_owned());
+    args.migrate = platform::config::MigrateMode::Off;
+    let (trigger, shutdown) = Shutdown::new();
+    let backend = Backend::<one::Migrator> {
+        name: "probe",
+        default_listen: "127.0.0.1:0".parse().unwrap(),
+        services: vec![SERVICE],
+        migrator: std::marker::PhantomData,
+    };
+    let running = backend
+        .start(&args, shutdown, |_| Routes::builder().routes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        status(running.addr, "").await,
+        Some(ServingStatus::NotServing),
+        "served before its schema existed"
+    );
+
+    // What `probe migrate` (the Kubernetes Job) does:
+    let url = platform::database::database_url(&args.database, "probe").unwrap();
+    platform::database::migrate::<one::Migrator>(&url, "probe")
+        .await
+        .unwrap();
+    wait_for(running.addr, ServingStatus::Serving).await;
+    trigger.fire();
+    running.wait().await.unwrap();
+}
