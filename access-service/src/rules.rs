@@ -6,7 +6,8 @@
 //! (for lookups) the setting inside the caller's organisation. Anything not named here is
 //! denied. `rules/conformance.csv` states the same rules as a table reviewers can read.
 
-use platform::domain::{AccessKind, Activity, DenyReason, OdsCode};
+pub use cpis_domain::OrganisationKind;
+use cpis_domain::{AccessKind, Activity, DenyReason, OdsCode};
 use std::collections::BTreeSet;
 
 /// The public RPCs access-service decides on, by their `cpis.gateway.v1` name.
@@ -83,47 +84,6 @@ impl Action {
     /// Exact names only: `lookupchild` is no action.
     pub fn parse(name: &str) -> Option<Action> {
         Action::ALL.iter().copied().find(|a| a.name() == name)
-    }
-}
-
-/// What part an organisation plays (cpis.gateway.v1.OrganisationKind).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum OrganisationKind {
-    LocalAuthority,
-    Health,
-}
-
-impl OrganisationKind {
-    pub const ALL: &'static [OrganisationKind] =
-        &[OrganisationKind::LocalAuthority, OrganisationKind::Health];
-
-    /// The stored form: the enum suffix.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OrganisationKind::LocalAuthority => "LOCAL_AUTHORITY",
-            OrganisationKind::Health => "HEALTH",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.iter().copied().find(|k| k.as_str() == s)
-    }
-
-    pub fn from_wire(value: i32) -> Option<Self> {
-        use cpis_proto::gateway::OrganisationKind as Wire;
-        match Wire::try_from(value).ok()? {
-            Wire::LocalAuthority => Some(OrganisationKind::LocalAuthority),
-            Wire::Health => Some(OrganisationKind::Health),
-            Wire::Unspecified => None,
-        }
-    }
-
-    pub fn to_wire(self) -> cpis_proto::gateway::OrganisationKind {
-        use cpis_proto::gateway::OrganisationKind as Wire;
-        match self {
-            OrganisationKind::LocalAuthority => Wire::LocalAuthority,
-            OrganisationKind::Health => Wire::Health,
-        }
     }
 }
 

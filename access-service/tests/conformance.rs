@@ -88,7 +88,7 @@ async fn conformance_table_holds_through_decide_on_every_database() {
                         UpsertOrganisationRequest {
                             ods_code: row.organisation.clone(),
                             name: format!("Organisation {}", row.organisation),
-                            kind: kind.to_wire() as i32,
+                            kind: i32::from(kind),
                             onboarded: row.onboarded,
                         },
                     ))

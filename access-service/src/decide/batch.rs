@@ -334,7 +334,7 @@ pub async fn commit(
             organisation_name: org_name,
             organisation_kind: org
                 .and_then(|o| OrganisationKind::parse(&o.kind))
-                .map(|k| k.to_wire() as i32)
+                .map(i32::from)
                 .unwrap_or_default(),
         }));
     }

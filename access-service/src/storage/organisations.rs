@@ -28,7 +28,7 @@ pub fn standing(row: &organisation::Model) -> Option<OrganisationStanding> {
 
 pub fn to_wire(row: organisation::Model) -> Organisation {
     let kind = OrganisationKind::parse(&row.kind)
-        .map(|k| k.to_wire() as i32)
+        .map(i32::from)
         .unwrap_or_default();
     Organisation {
         ods_code: row.ods_code,

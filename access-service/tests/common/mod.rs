@@ -131,7 +131,7 @@ pub async fn organisation(db: &DatabaseConnection, ods: &str, kind: &str, onboar
         cpis_proto::gateway::UpsertOrganisationRequest {
             ods_code: ods.into(),
             name: format!("Organisation {ods}"),
-            kind: kind.to_wire() as i32,
+            kind: i32::from(kind),
             onboarded,
         },
     )

@@ -1,8 +1,9 @@
-//! The closed vocabularies of the service: flag types, setting types, access kinds, and the
-//! reasons an access is refused. Each converts from its wire enum (rejecting the zero value
-//! and unknown numbers) and parses the spellings the command line accepts.
+//! The closed vocabularies of the service: flag types, setting types, access kinds,
+//! organisation kinds, activities and the reasons an access is refused. Each converts from its
+//! wire number (the `cpis.gateway.v1` enum value; the zero `_UNSPECIFIED` and unknown numbers
+//! are rejected) and parses the spellings the command line accepts. `platform` checks that
+//! these numbers are the proto's.
 
-use cpis_proto::gateway;
 use std::fmt;
 
 /// Parses an enum spelling case-insensitively: the suffix (`emergency-department`,
@@ -15,8 +16,8 @@ fn spelling_matches(input: &str, prefix: &str, suffix: &str) -> bool {
 macro_rules! vocabulary {
     (
         $(#[$meta:meta])*
-        $name:ident, $wire:ident, $prefix:literal {
-            $($variant:ident = $suffix:literal),+ $(,)?
+        $name:ident, $prefix:literal {
+            $($variant:ident = $suffix:literal = $number:literal),+ $(,)?
         }
     ) => {
         $(#[$meta])*
@@ -37,16 +38,22 @@ macro_rules! vocabulary {
 
             /// From the wire: the zero (`_UNSPECIFIED`) value and unknown numbers are `None`.
             pub fn from_wire(value: i32) -> Option<Self> {
-                match gateway::$wire::try_from(value).ok()? {
-                    $(gateway::$wire::$variant => Some($name::$variant),)+
+                match value {
+                    $($number => Some($name::$variant),)+
                     _ => None,
                 }
             }
 
-            pub fn to_wire(self) -> gateway::$wire {
+            /// The wire number of this value in its `cpis.gateway.v1` enum.
+            pub fn number(self) -> i32 {
                 match self {
-                    $($name::$variant => gateway::$wire::$variant),+
+                    $($name::$variant => $number),+
                 }
+            }
+
+            /// The full wire name, such as `FLAG_TYPE_CPP`.
+            pub fn wire_name(self) -> String {
+                format!("{}{}", $prefix, self.as_str())
             }
 
             /// Case-insensitive: the suffix with `_` or `-`, or the full wire name.
@@ -63,7 +70,7 @@ macro_rules! vocabulary {
 
         impl From<$name> for i32 {
             fn from(v: $name) -> i32 {
-                v.to_wire() as i32
+                v.number()
             }
         }
     };
@@ -71,40 +78,49 @@ macro_rules! vocabulary {
 
 vocabulary! {
     /// What a local authority's flag says about a child (DOMAIN.md "The three flag types").
-    FlagType, FlagType, "FLAG_TYPE_" {
-        Cpp = "CPP",
-        Lac = "LAC",
-        Ucpp = "UCPP",
+    FlagType, "FLAG_TYPE_" {
+        Cpp = "CPP" = 1,
+        Lac = "LAC" = 2,
+        Ucpp = "UCPP" = 3,
     }
 }
 
 vocabulary! {
     /// Where the child is seen; each belongs to one access kind.
-    SettingType, SettingType, "SETTING_TYPE_" {
-        EmergencyDepartment = "EMERGENCY_DEPARTMENT",
-        MinorInjuryUnit = "MINOR_INJURY_UNIT",
-        WalkInCentre = "WALK_IN_CENTRE",
-        UrgentTreatmentCentre = "URGENT_TREATMENT_CENTRE",
-        OutOfHoursGp = "OUT_OF_HOURS_GP",
-        Nhs111 = "NHS_111",
-        Ambulance = "AMBULANCE",
-        Maternity = "MATERNITY",
-        PaediatricWard = "PAEDIATRIC_WARD",
-        GpPractice = "GP_PRACTICE",
-        HealthVisiting = "HEALTH_VISITING",
-        SchoolNursing = "SCHOOL_NURSING",
-        Camhs = "CAMHS",
-        CommunityPaediatrics = "COMMUNITY_PAEDIATRICS",
-        Dental = "DENTAL",
-        SexualHealth = "SEXUAL_HEALTH",
+    SettingType, "SETTING_TYPE_" {
+        EmergencyDepartment = "EMERGENCY_DEPARTMENT" = 1,
+        MinorInjuryUnit = "MINOR_INJURY_UNIT" = 2,
+        WalkInCentre = "WALK_IN_CENTRE" = 3,
+        UrgentTreatmentCentre = "URGENT_TREATMENT_CENTRE" = 4,
+        OutOfHoursGp = "OUT_OF_HOURS_GP" = 5,
+        Nhs111 = "NHS_111" = 6,
+        Ambulance = "AMBULANCE" = 7,
+        Maternity = "MATERNITY" = 8,
+        PaediatricWard = "PAEDIATRIC_WARD" = 9,
+        GpPractice = "GP_PRACTICE" = 10,
+        HealthVisiting = "HEALTH_VISITING" = 11,
+        SchoolNursing = "SCHOOL_NURSING" = 12,
+        Camhs = "CAMHS" = 13,
+        CommunityPaediatrics = "COMMUNITY_PAEDIATRICS" = 14,
+        Dental = "DENTAL" = 15,
+        SexualHealth = "SEXUAL_HEALTH" = 16,
+    }
+}
+
+vocabulary! {
+    /// What part an organisation plays: a local authority shares flags, a health organisation
+    /// looks children up.
+    OrganisationKind, "ORGANISATION_KIND_" {
+        LocalAuthority = "LOCAL_AUTHORITY" = 1,
+        Health = "HEALTH" = 2,
     }
 }
 
 vocabulary! {
     /// A notifying read from unscheduled care, or a silent read from scheduled care.
-    AccessKind, AccessKind, "ACCESS_KIND_" {
-        Unscheduled = "UNSCHEDULED",
-        Scheduled = "SCHEDULED",
+    AccessKind, "ACCESS_KIND_" {
+        Unscheduled = "UNSCHEDULED" = 1,
+        Scheduled = "SCHEDULED" = 2,
     }
 }
 
