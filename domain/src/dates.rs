@@ -91,7 +91,6 @@ mod tests {
         );
     }
 
-
     proptest! {
         #[test]
         fn formatted_dates_parse_back(days in 0i64..200_000) {

@@ -43,6 +43,27 @@ macro_rules! authorized {
     }};
 }
 
+/// A forwarded call whole: authorize as above, then call `$method` on the backend that owns
+/// the data (`flag` or `access`), with the verified principal and the caller's deadline.
+macro_rules! forward {
+    ($self:ident, $request:ident, $check:expr, $intent:expr, $backend:ident . $method:ident) => {{
+        let (message, principal, deadline) = authorized!($self, $request, $check, $intent);
+        answer(
+            $self
+                .core
+                .call(
+                    concat!(stringify!($backend), "-service"),
+                    $self.core.backends.$backend(),
+                    message,
+                    Some(&principal),
+                    &deadline,
+                    |mut client, request| async move { client.$method(request).await },
+                )
+                .await,
+        )
+    }};
+}
+
 #[tonic::async_trait]
 impl ChildProtection for PublicApi {
     async fn lookup_child(
@@ -76,34 +97,22 @@ impl LocalAuthority for PublicApi {
     }
 
     async fn end_flag(&self, request: Request<pb::EndFlagRequest>) -> Answer<pb::Flag> {
-        let (m, p, d) = authorized!(self, request, validate::end_flag, about("EndFlag"));
-        answer(
-            self.core
-                .call(
-                    "flag-service",
-                    self.core.backends.flag(),
-                    m,
-                    Some(&p),
-                    &d,
-                    |mut c, r| async move { c.end_flag(r).await },
-                )
-                .await,
+        forward!(
+            self,
+            request,
+            validate::end_flag,
+            about("EndFlag"),
+            flag.end_flag
         )
     }
 
     async fn delete_flag(&self, request: Request<pb::DeleteFlagRequest>) -> Answer<()> {
-        let (m, p, d) = authorized!(self, request, validate::delete_flag, about("DeleteFlag"));
-        answer(
-            self.core
-                .call(
-                    "flag-service",
-                    self.core.backends.flag(),
-                    m,
-                    Some(&p),
-                    &d,
-                    |mut c, r| async move { c.delete_flag(r).await },
-                )
-                .await,
+        forward!(
+            self,
+            request,
+            validate::delete_flag,
+            about("DeleteFlag"),
+            flag.delete_flag
         )
     }
 
@@ -111,18 +120,12 @@ impl LocalAuthority for PublicApi {
         &self,
         request: Request<pb::ListFlagsRequest>,
     ) -> Answer<pb::ListFlagsResponse> {
-        let (m, p, d) = authorized!(self, request, validate::list_flags, plain("ListFlags"));
-        answer(
-            self.core
-                .call(
-                    "flag-service",
-                    self.core.backends.flag(),
-                    m,
-                    Some(&p),
-                    &d,
-                    |mut c, r| async move { c.list_flags(r).await },
-                )
-                .await,
+        forward!(
+            self,
+            request,
+            validate::list_flags,
+            plain("ListFlags"),
+            flag.list_flags
         )
     }
 
@@ -130,23 +133,12 @@ impl LocalAuthority for PublicApi {
         &self,
         request: Request<pb::ListNotificationsRequest>,
     ) -> Answer<pb::ListNotificationsResponse> {
-        let (m, p, d) = authorized!(
+        forward!(
             self,
             request,
             validate::list_notifications,
-            plain("ListNotifications")
-        );
-        answer(
-            self.core
-                .call(
-                    "flag-service",
-                    self.core.backends.flag(),
-                    m,
-                    Some(&p),
-                    &d,
-                    |mut c, r| async move { c.list_notifications(r).await },
-                )
-                .await,
+            plain("ListNotifications"),
+            flag.list_notifications
         )
     }
 
@@ -161,23 +153,12 @@ impl LocalAuthority for PublicApi {
         &self,
         request: Request<pb::AcknowledgeNotificationsRequest>,
     ) -> Answer<pb::AcknowledgeNotificationsResponse> {
-        let (m, p, d) = authorized!(
+        forward!(
             self,
             request,
             |_: &_| Ok::<_, Error>(()),
-            plain("AcknowledgeNotifications")
-        );
-        answer(
-            self.core
-                .call(
-                    "flag-service",
-                    self.core.backends.flag(),
-                    m,
-                    Some(&p),
-                    &d,
-                    |mut c, r| async move { c.acknowledge_notifications(r).await },
-                )
-                .await,
+            plain("AcknowledgeNotifications"),
+            flag.acknowledge_notifications
         )
     }
 }
@@ -188,44 +169,22 @@ impl Audit for PublicApi {
         &self,
         request: Request<pb::ListAuditEventsRequest>,
     ) -> Answer<pb::ListAuditEventsResponse> {
-        let (m, p, d) = authorized!(
+        forward!(
             self,
             request,
             validate::list_audit_events,
-            about("ListAuditEvents")
-        );
-        answer(
-            self.core
-                .call(
-                    "access-service",
-                    self.core.backends.access(),
-                    m,
-                    Some(&p),
-                    &d,
-                    |mut c, r| async move { c.list_audit_events(r).await },
-                )
-                .await,
+            about("ListAuditEvents"),
+            access.list_audit_events
         )
     }
 
     async fn get_checkpoint(&self, request: Request<()>) -> Answer<pb::Checkpoint> {
-        let (m, p, d) = authorized!(
+        forward!(
             self,
             request,
             |_: &_| Ok::<_, Error>(()),
-            plain("GetCheckpoint")
-        );
-        answer(
-            self.core
-                .call(
-                    "access-service",
-                    self.core.backends.access(),
-                    m,
-                    Some(&p),
-                    &d,
-                    |mut c, r| async move { c.get_checkpoint(r).await },
-                )
-                .await,
+            plain("GetCheckpoint"),
+            access.get_checkpoint
         )
     }
 
@@ -233,23 +192,12 @@ impl Audit for PublicApi {
         &self,
         request: Request<pb::VerifyAuditLogRequest>,
     ) -> Answer<pb::VerifyAuditLogResponse> {
-        let (m, p, d) = authorized!(
+        forward!(
             self,
             request,
             validate::verify_audit_log,
-            plain("VerifyAuditLog")
-        );
-        answer(
-            self.core
-                .call(
-                    "access-service",
-                    self.core.backends.access(),
-                    m,
-                    Some(&p),
-                    &d,
-                    |mut c, r| async move { c.verify_audit_log(r).await },
-                )
-                .await,
+            plain("VerifyAuditLog"),
+            access.verify_audit_log
         )
     }
 }
@@ -260,23 +208,12 @@ impl Administration for PublicApi {
         &self,
         request: Request<pb::UpsertOrganisationRequest>,
     ) -> Answer<pb::Organisation> {
-        let (m, p, d) = authorized!(
+        forward!(
             self,
             request,
             validate::upsert_organisation,
-            plain("UpsertOrganisation")
-        );
-        answer(
-            self.core
-                .call(
-                    "access-service",
-                    self.core.backends.access(),
-                    m,
-                    Some(&p),
-                    &d,
-                    |mut c, r| async move { c.upsert_organisation(r).await },
-                )
-                .await,
+            plain("UpsertOrganisation"),
+            access.upsert_organisation
         )
     }
 
@@ -284,23 +221,12 @@ impl Administration for PublicApi {
         &self,
         request: Request<pb::ListOrganisationsRequest>,
     ) -> Answer<pb::ListOrganisationsResponse> {
-        let (m, p, d) = authorized!(
+        forward!(
             self,
             request,
             |r: &pb::ListOrganisationsRequest| validate::list_page(r.page_size, &r.page_token),
-            plain("ListOrganisations")
-        );
-        answer(
-            self.core
-                .call(
-                    "access-service",
-                    self.core.backends.access(),
-                    m,
-                    Some(&p),
-                    &d,
-                    |mut c, r| async move { c.list_organisations(r).await },
-                )
-                .await,
+            plain("ListOrganisations"),
+            access.list_organisations
         )
     }
 
@@ -308,23 +234,12 @@ impl Administration for PublicApi {
         &self,
         request: Request<pb::RegisterSystemRequest>,
     ) -> Answer<pb::System> {
-        let (m, p, d) = authorized!(
+        forward!(
             self,
             request,
             validate::register_system,
-            plain("RegisterSystem")
-        );
-        answer(
-            self.core
-                .call(
-                    "access-service",
-                    self.core.backends.access(),
-                    m,
-                    Some(&p),
-                    &d,
-                    |mut c, r| async move { c.register_system(r).await },
-                )
-                .await,
+            plain("RegisterSystem"),
+            access.register_system
         )
     }
 
@@ -332,44 +247,22 @@ impl Administration for PublicApi {
         &self,
         request: Request<pb::ListSystemsRequest>,
     ) -> Answer<pb::ListSystemsResponse> {
-        let (m, p, d) = authorized!(
+        forward!(
             self,
             request,
             |r: &pb::ListSystemsRequest| validate::list_page(r.page_size, &r.page_token),
-            plain("ListSystems")
-        );
-        answer(
-            self.core
-                .call(
-                    "access-service",
-                    self.core.backends.access(),
-                    m,
-                    Some(&p),
-                    &d,
-                    |mut c, r| async move { c.list_systems(r).await },
-                )
-                .await,
+            plain("ListSystems"),
+            access.list_systems
         )
     }
 
     async fn remove_system(&self, request: Request<pb::RemoveSystemRequest>) -> Answer<()> {
-        let (m, p, d) = authorized!(
+        forward!(
             self,
             request,
             validate::remove_system,
-            plain("RemoveSystem")
-        );
-        answer(
-            self.core
-                .call(
-                    "access-service",
-                    self.core.backends.access(),
-                    m,
-                    Some(&p),
-                    &d,
-                    |mut c, r| async move { c.remove_system(r).await },
-                )
-                .await,
+            plain("RemoveSystem"),
+            access.remove_system
         )
     }
 
@@ -377,44 +270,22 @@ impl Administration for PublicApi {
         &self,
         request: Request<pb::SetRestrictionRequest>,
     ) -> Answer<pb::Restriction> {
-        let (m, p, d) = authorized!(
+        forward!(
             self,
             request,
             validate::set_restriction,
-            about("SetRestriction")
-        );
-        answer(
-            self.core
-                .call(
-                    "flag-service",
-                    self.core.backends.flag(),
-                    m,
-                    Some(&p),
-                    &d,
-                    |mut c, r| async move { c.set_restriction(r).await },
-                )
-                .await,
+            about("SetRestriction"),
+            flag.set_restriction
         )
     }
 
     async fn clear_restriction(&self, request: Request<pb::ClearRestrictionRequest>) -> Answer<()> {
-        let (m, p, d) = authorized!(
+        forward!(
             self,
             request,
             validate::clear_restriction,
-            about("ClearRestriction")
-        );
-        answer(
-            self.core
-                .call(
-                    "flag-service",
-                    self.core.backends.flag(),
-                    m,
-                    Some(&p),
-                    &d,
-                    |mut c, r| async move { c.clear_restriction(r).await },
-                )
-                .await,
+            about("ClearRestriction"),
+            flag.clear_restriction
         )
     }
 
@@ -422,23 +293,12 @@ impl Administration for PublicApi {
         &self,
         request: Request<pb::MarkNhsNumberInactiveRequest>,
     ) -> Answer<pb::MarkNhsNumberInactiveResponse> {
-        let (m, p, d) = authorized!(
+        forward!(
             self,
             request,
             validate::mark_inactive,
-            about("MarkNhsNumberInactive")
-        );
-        answer(
-            self.core
-                .call(
-                    "flag-service",
-                    self.core.backends.flag(),
-                    m,
-                    Some(&p),
-                    &d,
-                    |mut c, r| async move { c.mark_nhs_number_inactive(r).await },
-                )
-                .await,
+            about("MarkNhsNumberInactive"),
+            flag.mark_nhs_number_inactive
         )
     }
 }
