@@ -176,6 +176,9 @@ async fn a_rotated_server_certificate_is_served_without_a_restart_and_no_call_fa
         (ok, failed)
     });
 
+    // A connection opened before the rotation carries on after it.
+    let open_before = connect(port, tls(&both, Some(&gateway))).await.unwrap();
+
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // Kubernetes writes new files then swaps: write beside, then rename over the old ones.
     let rotated = new_ca.server(dir.path(), "attendance-service-new");
@@ -183,6 +186,15 @@ async fn a_rotated_server_certificate_is_served_without_a_restart_and_no_call_fa
     std::fs::rename(&rotated.cert, &server.cert).unwrap();
 
     let (ok, failed) = load.await.unwrap();
+    let mut request = tonic::Request::new(HealthCheckRequest {
+        service: String::new(),
+    });
+    request.set_timeout(Duration::from_secs(2));
+    let still = HealthClient::new(open_before).check(request).await;
+    assert!(
+        still.is_ok(),
+        "a connection opened before the rotation was dropped: {still:?}"
+    );
     assert!(
         failed.is_empty(),
         "calls failed during rotation: {failed:?}"
