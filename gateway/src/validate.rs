@@ -29,7 +29,15 @@ fn flag_identity(v: &mut Violations, nhs: &str, flag_type: i32, start: &str) -> 
 pub fn end_flag(r: &pb::EndFlagRequest) -> Result<Option<NhsNumber>> {
     let mut v = Violations::new();
     let n = flag_identity(&mut v, &r.nhs_number, r.flag_type, &r.start_date);
-    v.date("end_date", &r.end_date);
+    let end = v.date("end_date", &r.end_date);
+    let start = platform::domain::parse_date(&r.start_date).ok();
+    // An end before the start is bad input, so it must fail here, before the decision, or it
+    // would be audited (API.md: validation is neither decided nor audited).
+    if let (Some(start), Some(end)) = (start, end)
+        && end < start
+    {
+        v.add("end_date", "must not be before start_date");
+    }
     v.finish().map(|_| n)
 }
 
