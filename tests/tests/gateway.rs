@@ -623,6 +623,7 @@ async fn a_council_system_certificate_uploads_unattended_and_is_refused_lookups(
     let sys = System::start(Options {
         postgres: true,
         public_tls: true,
+        ..Options::default()
     })
     .await;
     let t = tokens(&sys);
