@@ -213,6 +213,13 @@ async fn looker(load: Arc<Load>, seed: u64) {
             *seen.attempted.entry(nhs.clone()).or_default() += 1;
             if let Ok(answer) = answer {
                 let answer = answer.into_inner();
+                if !answer.attendance.as_ref().is_some_and(|a| a.available) {
+                    let phase = load.phase.load(Ordering::Relaxed);
+                    seen.counts
+                        .entry((phase, Kind::Lookup))
+                        .or_default()
+                        .without_attendance += 1;
+                }
                 if target.is_some() && !answer.flagged {
                     let phase = load.phase.load(Ordering::Relaxed);
                     seen.false_not_flagged
@@ -341,7 +348,9 @@ async fn under_crashes_and_outages_nothing_acknowledged_is_lost_and_no_lookup_is
                 let backend = ["access-service", "flag-service", "attendance-service"][phase - 1];
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 sys.kill(backend);
-                tokio::time::sleep(Duration::from_millis(1500)).await;
+                // Longer than a lookup's deadline (3 s), so that retries inside it cannot hide
+                // the outage.
+                tokio::time::sleep(Duration::from_secs(4)).await;
                 sys.restart(backend).await;
             }
             4 => {
