@@ -29,7 +29,7 @@ pub fn request<T>(
 pub fn backend_error(backend: &str, status: Status) -> Error {
     match status.code() {
         Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Aborted => {
-            tracing::warn!(backend, code = ?status.code(), "backend could not answer");
+            tracing::warn!(backend, code = ?status.code(), message = status.message(), "backend could not answer");
             Error::unavailable(backend)
         }
         Code::DeadlineExceeded => Error::DeadlineExceeded,

@@ -1,6 +1,6 @@
 //! The two streaming calls of `LocalAuthority`.
 //!
-//! Upload: the client's stream is piped to flag-service through a small bounded channel, so a
+//! Upload: the client's stream is piped (re-batched, see RELAY_BATCH) to flag-service through a small bounded channel, so a
 //! fast client waits for the registry (backpressure) instead of filling the gateway's memory.
 //! A client stream that breaks (an error, a disconnect, this handler cancelled) must never end
 //! the registry's stream cleanly, which would apply a partial upload. Dropping a gRPC call does
@@ -26,6 +26,12 @@ use tonic::{Request, Status, Streaming};
 
 /// Messages in flight between the client and the registry.
 const UPLOAD_WINDOW: usize = 4;
+/// Records relayed to the registry per message. A client may send one record per message; passed
+/// on as they come, such tiny messages become tiny HTTP/2 DATA frames, and once the registry
+/// (busy writing) lets a few hundred queue up, its HTTP/2 server closes the whole connection as
+/// a small-frame flood (`ENHANCE_YOUR_CALM`). Relayed in batches (at most 5,000, the registry's
+/// limit per message), the frames stay large.
+const RELAY_BATCH: usize = 1_000;
 /// An upload of 50,000 records may take a while; the caller's deadline still applies if set.
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -71,14 +77,16 @@ impl Core {
         let first = inbound
             .message()
             .await
-            .map_err(|s| {
+            .map_err(|_| {
                 Error::invalid(
                     "records",
-                    format!("the upload stream broke: {}", s.message()),
+                    "the upload stream broke before its first message could be read",
                 )
             })?
             .ok_or_else(|| Error::invalid("records", "an upload must carry at least one record"))?;
         validate::upload_id(&first.upload_id)?;
+        let mut total = validate::upload_message(&first.upload_id, &first, 0)?;
+        let upload_id = first.upload_id.clone();
         let mut intent = Intent::new("UploadFlags");
         intent.upload_id = first.upload_id.clone();
         let allowed = self.decide(principal, intent, &metadata, &deadline).await?;
@@ -99,33 +107,43 @@ impl Core {
         tokio::pin!(call);
 
         let pump = async move {
-            if tx.send(first).await.is_err() {
-                return Ok(());
-            }
+            let mut batch = first;
             loop {
                 match inbound.message().await {
                     Ok(Some(message)) => {
-                        if tx.send(message).await.is_err() {
-                            return Ok(()); // the registry answered early; its answer says why
+                        total = validate::upload_message(&upload_id, &message, total)?;
+                        if batch.records.len() + message.records.len() > RELAY_BATCH {
+                            let full = std::mem::replace(&mut batch, message);
+                            if tx.send(full).await.is_err() {
+                                return Ok(()); // the registry answered early; its answer says why
+                            }
+                        } else {
+                            batch.records.extend(message.records);
                         }
                     }
                     Ok(None) => {
-                        clean.store(true, Ordering::Release);
-                        return Ok(());
+                        if tx.send(batch).await.is_ok() {
+                            clean.store(true, Ordering::Release);
+                        }
+                        return Ok::<(), Error>(());
                     }
-                    Err(status) => return Err(status),
+                    Err(status) => {
+                        tracing::info!(code = ?status.code(), "upload stream broke; the registry applies nothing");
+                        return Err(Error::Upstream(Status::cancelled(
+                            "the upload stream broke before it ended; nothing was applied",
+                        )));
+                    }
                 }
             }
         };
         tokio::pin!(pump);
 
         tokio::select! {
-            pumped = &mut pump => if let Err(status) = pumped {
-                tracing::info!(code = ?status.code(), "upload stream broke; the registry applies nothing");
+            pumped = &mut pump => if let Err(error) = pumped {
+                // The outbound stream ends with the poison message: the registry applies
+                // nothing, and its answer (a refusal) is not the caller's.
                 let _ = call.await;
-                return Err(Error::Upstream(Status::cancelled(
-                    "the upload stream broke before it ended; nothing was applied",
-                )));
+                return Err(error);
             },
             answered = &mut call => {
                 return answered.map(tonic::Response::into_inner).map_err(|s| calls::backend_error("flag-service", s));

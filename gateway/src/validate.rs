@@ -29,7 +29,15 @@ fn flag_identity(v: &mut Violations, nhs: &str, flag_type: i32, start: &str) -> 
 pub fn end_flag(r: &pb::EndFlagRequest) -> Result<Option<NhsNumber>> {
     let mut v = Violations::new();
     let n = flag_identity(&mut v, &r.nhs_number, r.flag_type, &r.start_date);
-    v.date("end_date", &r.end_date);
+    let end = v.date("end_date", &r.end_date);
+    let start = platform::domain::parse_date(&r.start_date).ok();
+    // An end before the start is bad input, so it must fail here, before the decision, or it
+    // would be audited (API.md: validation is neither decided nor audited).
+    if let (Some(start), Some(end)) = (start, end)
+        && end < start
+    {
+        v.add("end_date", "must not be before start_date");
+    }
     v.finish().map(|_| n)
 }
 
@@ -198,4 +206,34 @@ pub fn upload_id(id: &str) -> Result<()> {
     }
     v.max_len("upload_id", id, 128);
     v.finish()
+}
+
+/// At most this many records in one message of an upload, and in the whole upload (API.md).
+const MAX_RECORDS_PER_MESSAGE: usize = 5_000;
+const MAX_RECORDS_PER_UPLOAD: usize = 50_000;
+
+/// Checks one message of an upload stream against the stream's rules, given the first
+/// message's `upload_id` and the records received before it; returns the new total. The
+/// gateway checks these itself as it relays the stream: the registry checks them too, but its
+/// early refusal of a stream the gateway is still sending reaches the gateway as a reset
+/// stream, which would turn a client's mistake into `UNAVAILABLE`.
+pub fn upload_message(
+    first_upload_id: &str,
+    message: &pb::UploadFlagsRequest,
+    before: usize,
+) -> Result<usize> {
+    let mut v = Violations::new();
+    if message.upload_id != first_upload_id {
+        v.add(
+            "upload_id",
+            "must be the same in every message of an upload",
+        );
+    }
+    let total = before + message.records.len();
+    if message.records.len() > MAX_RECORDS_PER_MESSAGE {
+        v.add("records", "at most 5,000 records per message");
+    } else if total > MAX_RECORDS_PER_UPLOAD {
+        v.add("records", "at most 50,000 records per upload");
+    }
+    v.finish().map(|_| total)
 }

@@ -10,10 +10,12 @@ use std::time::Duration;
 pub async fn connect(url: &str) -> Result<ConnectionManager> {
     let client =
         redis::Client::open(url).map_err(|e| Error::internal(format!("redis URL: {e}")))?;
+    // Short timeouts: a cache that does not answer quickly is treated as absent (reads go to
+    // the database) rather than spending the caller's whole deadline waiting for it.
     let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(2)))
-        .set_number_of_retries(2);
+        .set_connection_timeout(Some(Duration::from_millis(500)))
+        .set_response_timeout(Some(Duration::from_millis(300)))
+        .set_number_of_retries(1);
     ConnectionManager::new_with_config(client, config)
         .await
         .map_err(Error::from)

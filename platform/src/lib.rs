@@ -2,7 +2,7 @@
 //! ([`config`]), validated domain types ([`domain`]), the one error type and its mapping to
 //! gRPC statuses ([`error`]), the database and its migrations ([`database`]), the optional
 //! Redis cache ([`cache`]), health ([`health`]), serving with reflection and graceful stop
-//! ([`server`]), shutdown ([`shutdown`]), the principal the gateway forwards ([`principal`])
+//! ([`server`]) with malformed wire input answered as bad input ([`wire`]), shutdown ([`shutdown`]), the principal the gateway forwards ([`principal`])
 //! and logging ([`telemetry`]).
 //!
 //! This crate knows no service: services depend on it, never the reverse.
@@ -22,5 +22,6 @@ pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tls;
+pub mod wire;
 
 pub use error::{Error, Result};

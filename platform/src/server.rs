@@ -98,7 +98,8 @@ pub async fn spawn(
     }
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
-        .layer(crate::shed::ShedLayer::new(config.max_in_flight));
+        .layer(crate::shed::ShedLayer::new(config.max_in_flight))
+        .layer(crate::wire::WireErrorsLayer);
     let router = builder.add_routes(all);
 
     if let Some(health_addr) = config.health_listen {

@@ -8,7 +8,9 @@ req="$root/tests/interop/requirements.txt"
 stamp="$venv/.installed-$(sha256sum "$req" | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   python3 -m venv "$venv" >&2
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req" >&2
+  # `python -m pip`, not the `pip` script: a venv copied from another checkout keeps a script
+  # whose first line names the other checkout's interpreter.
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req" >&2
   touch "$stamp"
 fi
 echo "$venv"

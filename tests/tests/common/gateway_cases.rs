@@ -98,7 +98,7 @@ async fn onboard(sys: &System, t: &Tokens) {
 }
 
 async fn started() -> (System, Tokens) {
-    let sys = System::start(Options { postgres: ON_POSTGRES, public_tls: false }).await;
+    let sys = System::start(Options { postgres: ON_POSTGRES, public_tls: false, ..Options::default() }).await;
     let t = tokens(&sys);
     onboard(&sys, &t).await;
     (sys, t)
@@ -622,6 +622,7 @@ async fn a_council_system_certificate_uploads_unattended_and_is_refused_lookups(
     let sys = System::start(Options {
         postgres: ON_POSTGRES,
         public_tls: true,
+        ..Options::default()
     })
     .await;
     let t = tokens(&sys);

@@ -19,6 +19,11 @@ pub struct Options {
     pub postgres: bool,
     /// Serve the public API over TLS, accepting council system certificates.
     pub public_tls: bool,
+    /// An explicit database URL for a backend (by binary name), used instead of SQLite or the
+    /// test server: the fault suite points them at its own PostgreSQL, through a proxy.
+    pub database_urls: Vec<(&'static str, String)>,
+    /// An explicit Redis URL for flag-service, instead of the test server's.
+    pub redis_url: Option<String>,
 }
 
 impl Default for Options {
@@ -26,6 +31,8 @@ impl Default for Options {
         Options {
             postgres: true,
             public_tls: false,
+            database_urls: Vec::new(),
+            redis_url: None,
         }
     }
 }
@@ -89,7 +96,9 @@ impl System {
 
         let mut databases = Vec::new();
         let mut processes = HashMap::new();
-        let redis = if options.postgres {
+        let redis = if options.redis_url.is_some() {
+            options.redis_url.clone()
+        } else if options.postgres {
             platform::testing::redis_url()
         } else {
             None
@@ -108,7 +117,9 @@ impl System {
                 kv("CPIS_GATEWAY_SAN", GATEWAY_SAN),
                 kv("CPIS_GRACE_PERIOD", "5"),
             ];
-            if options.postgres
+            if let Some((_, url)) = options.database_urls.iter().find(|(n, _)| *n == name) {
+                env.push(kv("CPIS_DATABASE_URL", url));
+            } else if options.postgres
                 && let Some(db) = platform::testing::postgres(name).await
             {
                 env.push(kv("CPIS_DATABASE_URL", &db.url));
@@ -258,6 +269,11 @@ impl System {
             .map(|r| r.into_inner().status())
     }
 
+    /// The process id of `name` now (to show a process was not restarted).
+    pub fn pid(&self, name: &str) -> u32 {
+        self.processes[name].child.id()
+    }
+
     /// SIGKILL, as a crash.
     pub fn kill(&mut self, name: &str) {
         let p = self.processes.get_mut(name).unwrap();
@@ -275,10 +291,6 @@ impl System {
                 .unwrap()
                 .success()
         );
-    }
-
-    pub fn pid(&self, name: &str) -> u32 {
-        self.processes[name].child.id()
     }
 
     /// Waits for a process to exit on its own.
