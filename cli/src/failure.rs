@@ -146,10 +146,12 @@ fn render_status(status: &Status, needs: Option<Activity>) -> String {
         code_in_words(status.code()),
         status.code()
     );
-    if !status.message().is_empty() {
+    let bad_request = status.get_details_bad_request();
+    // The violations below say it better than the message, which repeats them in one line.
+    if !status.message().is_empty() && bad_request.is_none() {
         let _ = write!(out, ": {}", status.message());
     }
-    if let Some(bad) = status.get_details_bad_request() {
+    if let Some(bad) = bad_request {
         for v in &bad.field_violations {
             let _ = write!(out, "\n  {}: {}", v.field, v.description);
         }
