@@ -30,6 +30,10 @@ pub struct DevArgs {
     /// ...and this private key (PEM).
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Accept client certificates from this CA (PEM), so that a council system registered
+    /// with `cpis system register` can call with `--client-cert` and no token.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// The running system: the gateway's address and every component's server.
@@ -69,6 +73,7 @@ pub async fn start(args: &DevArgs, shutdown: Shutdown) -> Result<DevSystem> {
     gateway_serve.tls = TlsArgs {
         tls_cert: args.tls_cert.clone(),
         tls_key: args.tls_key.clone(),
+        tls_client_ca: args.tls_client_ca.clone(),
         ..TlsArgs::default()
     };
     let gateway_args = gateway::GatewayArgs {

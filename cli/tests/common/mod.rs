@@ -38,6 +38,7 @@ impl Dev {
             demo: false,
             tls_cert: None,
             tls_key: None,
+            tls_client_ca: None,
         };
         adjust(&mut args);
         let (trigger, shutdown) = Shutdown::new();
