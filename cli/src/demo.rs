@@ -526,9 +526,9 @@ pub async fn load(dataset: &Dataset, base: &GatewayArgs, data_dir: &Path) -> Cli
     let mut clinicians: BTreeMap<(&str, &str), Gateway> = BTreeMap::new();
     for a in &dataset.attendances {
         let key = (a.trust.as_str(), a.user_id.as_str());
-        if !clinicians.contains_key(&key) {
+        if let std::collections::btree_map::Entry::Vacant(slot) = clinicians.entry(key) {
             let token = token_for(&keys, &a.user_id, &a.trust, &a.role_code, "B0107")?;
-            clinicians.insert(key, gateway_with(base, token)?);
+            slot.insert(gateway_with(base, token)?);
         }
     }
     let lookups = dataset.attendances.iter().map(|a| {

@@ -199,6 +199,12 @@ async fn demo_intro(data_dir: &Path, gateway_addr: SocketAddr) -> Result<String>
         .map(|(_, f)| f.nhs_number.as_str())
         .collect();
     let first = flagged.first().copied().unwrap_or_default();
+    let default_gateway: SocketAddr = ([127, 0, 0, 1], 50051).into();
+    let gateway_flag = if gateway_addr == default_gateway {
+        String::new()
+    } else {
+        format!(" --gateway http://{gateway_addr}")
+    };
     Ok(format!(
         "Demo data: {las} local authorities, {trusts} trusts, {flags} flags, {attendances} \
          attendances (loaded once into this data directory).\n\
@@ -209,7 +215,7 @@ async fn demo_intro(data_dir: &Path, gateway_addr: SocketAddr) -> Result<String>
          \x20 auditor (CPIS_AUDIT):\n    {auditor}\n\
          Flagged NHS numbers: {numbers}\n\
          Try:\n\
-         \x20 cpis lookup {first} --setting {site} --setting-type emergency-department --token {clinician}\n",
+         \x20 cpis lookup {first} --setting {site} --setting-type emergency-department{gateway_flag} --token {clinician}\n",
         las = dataset.local_authorities.len(),
         trusts = dataset.trusts.len(),
         flags = dataset
