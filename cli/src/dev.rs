@@ -1,16 +1,17 @@
 //! `cpis dev`: the four services in one process on the embedded default (SQLite under the
 //! data directory), the gateway on 127.0.0.1:50051, tokens signed by a development key.
 
-use crate::devkeys;
+use crate::connect::GatewayArgs;
+use crate::{devkeys, token};
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use gateway::GatewayArgs;
 use platform::config::{ServeArgs, TlsArgs};
 use platform::runtime::Component;
 use platform::server::Running;
 use platform::shutdown::Shutdown;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[derive(Args, Debug, Clone)]
 pub struct DevArgs {
@@ -18,10 +19,10 @@ pub struct DevArgs {
     #[arg(long, env = "CPIS_DATA_DIR", default_value = "./cpis-data")]
     pub data_dir: PathBuf,
     /// The gateway's address.
-    #[arg(long, default_value = "127.0.0.1:50051")]
+    #[arg(long, env = "CPIS_DEV_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
     /// Start with organisations, flags and attendances loaded, and print tokens to try.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "tls_cert")]
     pub demo: bool,
     /// Serve the gateway over TLS with this certificate chain (PEM)...
     #[arg(long, requires = "tls_key")]
@@ -29,20 +30,23 @@ pub struct DevArgs {
     /// ...and this private key (PEM).
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Accept client certificates from this CA (PEM), so that a council system registered
+    /// with `cpis system register` can call with `--client-cert` and no token.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// The running system: the gateway's address and every component's server.
 pub struct DevSystem {
     pub gateway_addr: SocketAddr,
+    /// With `--demo`: what to try first (tokens, flagged NHS numbers, a lookup command).
+    pub demo: Option<String>,
     pub components: Vec<(&'static str, Running)>,
 }
 
 /// Starts the four services in this process. The backends listen on ephemeral loopback
 /// ports and trust the in-process gateway as a loopback peer.
 pub async fn start(args: &DevArgs, shutdown: Shutdown) -> Result<DevSystem> {
-    if args.demo {
-        bail!("--demo needs the demo dataset loader, which is not built yet");
-    }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let keys = devkeys::ensure(&args.data_dir)?;
@@ -69,9 +73,10 @@ pub async fn start(args: &DevArgs, shutdown: Shutdown) -> Result<DevSystem> {
     gateway_serve.tls = TlsArgs {
         tls_cert: args.tls_cert.clone(),
         tls_key: args.tls_key.clone(),
+        tls_client_ca: args.tls_client_ca.clone(),
         ..TlsArgs::default()
     };
-    let gateway_args = GatewayArgs {
+    let gateway_args = gateway::GatewayArgs {
         serve: gateway_serve,
         flag_url: format!("http://{}", flag.addr),
         attendance_url: format!("http://{}", attendance.addr),
@@ -83,7 +88,13 @@ pub async fn start(args: &DevArgs, shutdown: Shutdown) -> Result<DevSystem> {
     let gateway = gateway::Gateway::start(gateway_args, shutdown.clone())
         .await
         .with_context(|| format!("starting the gateway on {}", args.listen))?;
+    let demo = if args.demo {
+        Some(demo_intro(&args.data_dir, gateway.addr).await?)
+    } else {
+        None
+    };
     Ok(DevSystem {
+        demo,
         gateway_addr: gateway.addr,
         components: vec![
             ("gateway", gateway),
@@ -109,6 +120,9 @@ pub async fn run(args: DevArgs) -> Result<()> {
          Mint a token:  cpis token --data-dir {data_dir} --user dr.jones --org RQX --role R8000 --activity B0107\n",
         addr = system.gateway_addr,
     );
+    if let Some(intro) = &system.demo {
+        eprintln!("{intro}");
+    }
     let mut failed = false;
     for (name, running) in system.components {
         if let Err(e) = running.wait().await {
@@ -121,4 +135,100 @@ pub async fn run(args: DevArgs) -> Result<()> {
     } else {
         Ok(())
     }
+}
+
+/// Marks a data directory whose demo data is loaded, so a restart does not load it twice
+/// (uploads are idempotent, but lookups would record new attendances).
+const DEMO_MARKER: &str = "demo-loaded";
+const DEMO_SEED: u64 = 1;
+
+/// Loads the small demo dataset through the gateway (once per data directory) and says what
+/// to try.
+async fn demo_intro(data_dir: &Path, gateway_addr: SocketAddr) -> Result<String> {
+    use crate::demo;
+    let today = platform::domain::england_date(chrono::Utc::now());
+    let marker = data_dir.join(DEMO_MARKER);
+    let dataset = match std::fs::read_to_string(&marker) {
+        // The day the data was loaded fixes its dates, so the same dataset is described.
+        Ok(day) => demo::generate(
+            DEMO_SEED,
+            demo::DEV_SIZES,
+            platform::domain::parse_date(day.trim()).unwrap_or(today),
+        ),
+        Err(_) => {
+            let dataset = demo::generate(DEMO_SEED, demo::DEV_SIZES, today);
+            let gateway = GatewayArgs {
+                gateway: format!("http://{gateway_addr}"),
+                token: None,
+                ca_cert: None,
+                client_cert: None,
+                client_key: None,
+                deadline: Duration::from_secs(30),
+            };
+            let report = demo::load(&dataset, &gateway, data_dir)
+                .await
+                .map_err(|f| anyhow::anyhow!(f.render()))
+                .context("loading the demo data")?;
+            tracing::info!(?report, "demo data loaded");
+            std::fs::write(&marker, today.format("%Y-%m-%d\n").to_string())
+                .with_context(|| format!("writing {}", marker.display()))?;
+            dataset
+        }
+    };
+    let keys = devkeys::load(data_dir)?;
+    let ttl = Duration::from_secs(12 * 3600);
+    let la = dataset
+        .local_authorities
+        .first()
+        .context("the demo dataset has no local authority")?;
+    let trust = dataset
+        .trusts
+        .first()
+        .context("the demo dataset has no trust")?;
+    let site = trust.sites.first().context("the demo trust has no site")?;
+    let sign = |user: &str, org: &str, role: &str, activity: &str| {
+        token::sign(&keys, user, org, role, &[activity.to_owned()], ttl)
+    };
+    let clinician = sign("dr.demo", &trust.ods_code, "R8000", "B0107")?;
+    let la_token = sign("mash.demo", &la.ods_code, "R9000", "CPIS_LA_MANAGE")?;
+    let admin = sign("demo.admin", demo::DEMO_ADMIN_ORG, "R0001", "CPIS_ADMIN")?;
+    let auditor = sign("demo.auditor", demo::DEMO_ADMIN_ORG, "R5105", "CPIS_AUDIT")?;
+    let flagged: Vec<&str> = dataset
+        .open_flags()
+        .take(3)
+        .map(|(_, f)| f.nhs_number.as_str())
+        .collect();
+    let first = flagged.first().copied().unwrap_or_default();
+    let default_gateway: SocketAddr = ([127, 0, 0, 1], 50051).into();
+    let gateway_flag = if gateway_addr == default_gateway {
+        String::new()
+    } else {
+        format!(" --gateway http://{gateway_addr}")
+    };
+    Ok(format!(
+        "Demo data: {las} local authorities, {trusts} trusts, {flags} flags, {attendances} \
+         attendances (loaded once into this data directory).\n\
+         Tokens to try (valid 12 hours):\n\
+         \x20 clinician at {trust_name} ({trust_code}, B0107):\n    {clinician}\n\
+         \x20 local authority {la_name} ({la_code}, CPIS_LA_MANAGE):\n    {la_token}\n\
+         \x20 administrator (CPIS_ADMIN):\n    {admin}\n\
+         \x20 auditor (CPIS_AUDIT):\n    {auditor}\n\
+         Flagged NHS numbers: {numbers}\n\
+         Try:\n\
+         \x20 cpis lookup {first} --setting {site} --setting-type emergency-department{gateway_flag} --token {clinician}\n",
+        las = dataset.local_authorities.len(),
+        trusts = dataset.trusts.len(),
+        flags = dataset
+            .local_authorities
+            .iter()
+            .map(|l| l.flags.len())
+            .sum::<usize>(),
+        attendances = dataset.attendances.len(),
+        trust_name = trust.name,
+        trust_code = trust.ods_code,
+        la_name = la.name,
+        la_code = la.ods_code,
+        numbers = flagged.join(", "),
+        site = site.ods_code,
+    ))
 }

@@ -70,15 +70,34 @@ pub fn mint(args: &TokenArgs) -> Result<String> {
         bail!("--user, --org and --role must not be empty");
     }
     let keys = devkeys::load(&args.data_dir)?;
+    sign(
+        &keys,
+        &args.user,
+        &args.org,
+        &args.role,
+        &args.activities,
+        args.ttl,
+    )
+}
+
+/// Signs a token with a development key already loaded (also used by the demo loader).
+pub fn sign(
+    keys: &devkeys::DevKeys,
+    user: &str,
+    org: &str,
+    role: &str,
+    activities: &[String],
+    ttl: Duration,
+) -> Result<String> {
     let now = chrono::Utc::now().timestamp();
-    let ttl = i64::try_from(args.ttl.as_secs()).context("--ttl is too long")?;
+    let ttl = i64::try_from(ttl.as_secs()).context("--ttl is too long")?;
     let claims = Claims {
         iss: devkeys::ISSUER,
         aud: devkeys::AUDIENCE,
-        sub: args.user.trim(),
-        org: &args.org.trim().to_ascii_uppercase(),
-        role: args.role.trim(),
-        activities: &args.activities,
+        sub: user.trim(),
+        org: &org.trim().to_ascii_uppercase(),
+        role: role.trim(),
+        activities,
         iat: now,
         nbf: now,
         exp: now + ttl,

@@ -48,6 +48,7 @@ fn args(dir: &std::path::Path) -> DevArgs {
         demo: false,
         tls_cert: None,
         tls_key: None,
+        tls_client_ca: None,
     }
 }
 
