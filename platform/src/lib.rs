@@ -3,7 +3,8 @@
 //! gRPC statuses ([`error`]), the database and its migrations ([`database`]), the optional
 //! Redis cache ([`cache`]), health ([`health`]), serving with reflection and graceful stop
 //! ([`server`]), shutdown ([`shutdown`]), the principal the gateway forwards ([`principal`])
-//! and logging ([`telemetry`]).
+//! and what operators see: logs and traces ([`telemetry`]), per-call spans and measurements
+//! ([`observe`]) and Prometheus metrics ([`metrics`]).
 //!
 //! This crate knows no service: services depend on it, never the reverse.
 
@@ -13,6 +14,8 @@ pub mod database;
 pub mod domain;
 pub mod error;
 pub mod health;
+pub mod metrics;
+pub mod observe;
 pub mod principal;
 pub mod runtime;
 pub mod server;

@@ -98,6 +98,8 @@ pub async fn spawn(
     }
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        // Outermost: shed calls are traced and counted too.
+        .layer(crate::observe::ObserveLayer::new(config.name))
         .layer(crate::shed::ShedLayer::new(config.max_in_flight));
     let router = builder.add_routes(all);
 

@@ -41,15 +41,23 @@ impl AccessDecisions {
             .send(Pending { input, reply })
             .await
             .map_err(|_| Error::unavailable("audit writer (stopping)"))?;
+        queue_depth(&self.queue);
         answer
             .await
             .map_err(|_| Error::internal("the audit writer dropped a request"))?
     }
 }
 
+/// `cpis_audit_queue_depth`: decisions waiting for the writer (a growing queue means the
+/// audit database cannot keep up, and callers will soon time out).
+fn queue_depth(queue: &mpsc::Sender<Pending>) {
+    platform::metrics::metrics().audit_queue_depth(queue.max_capacity() - queue.capacity());
+}
+
 async fn run(db: DatabaseConnection, mut rx: mpsc::Receiver<Pending>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        platform::metrics::metrics().audit_queue_depth(rx.len());
         let (inputs, replies): (Vec<_>, Vec<_>) =
             batch.drain(..).map(|p| (p.input, p.reply)).unzip();
         match batch::commit(&db, &inputs).await {
