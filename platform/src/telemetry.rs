@@ -24,7 +24,10 @@ use opentelemetry::trace::{
     SpanContext, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
 };
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, Sampler, SdkTracerProvider};
+use opentelemetry_sdk::trace::{
+    IdGenerator, RandomIdGenerator, Sampler, SamplingDecision, SamplingResult, SdkTracerProvider,
+    ShouldSample,
+};
 use std::sync::OnceLock;
 use tracing::Level;
 use tracing::level_filters::LevelFilter;
@@ -123,8 +126,8 @@ pub fn init(service: &str, args: &LogArgs) -> Result<Telemetry> {
     }
     let mut builder = SdkTracerProvider::builder()
         .with_resource(resource.build())
-        // A caller that decided not to sample is obeyed; every new trace is kept.
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)));
+        // A caller that decided not to sample is obeyed; new traces are kept (see Roots).
+        .with_sampler(Sampler::ParentBased(Box::new(Roots)));
     if let Some(exporter) = exporter {
         let processor =
             opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
@@ -172,6 +175,35 @@ pub fn init(service: &str, args: &LogArgs) -> Result<Telemetry> {
     Ok(Telemetry {
         provider: Some(provider),
     })
+}
+
+/// Which new traces are kept: all but those that would start at a storage statement.
+/// Background work (readiness pings, gauges read every few seconds, purges) would otherwise
+/// export a one-span trace per statement; background work worth seeing opens a span of its own.
+#[derive(Clone, Debug)]
+struct Roots;
+
+impl ShouldSample for Roots {
+    fn should_sample(
+        &self,
+        _parent: Option<&opentelemetry::Context>,
+        _trace_id: TraceId,
+        name: &str,
+        _kind: &opentelemetry::trace::SpanKind,
+        _attributes: &[opentelemetry::KeyValue],
+        _links: &[opentelemetry::trace::Link],
+    ) -> SamplingResult {
+        let storage = name.starts_with("sea_orm.") || name.starts_with("redis ");
+        SamplingResult {
+            decision: if storage {
+                SamplingDecision::Drop
+            } else {
+                SamplingDecision::RecordAndSample
+            },
+            attributes: Vec::new(),
+            trace_state: TraceState::default(),
+        }
+    }
 }
 
 /// The OTLP exporter when an endpoint is configured, else none.
@@ -310,6 +342,29 @@ mod tests {
         // Prefixes match whole path segments only.
         assert!(within_caps("h2x", &Level::TRACE));
         assert!(within_caps("gateway::core", &Level::TRACE));
+    }
+
+    #[test]
+    fn background_statements_start_no_trace_but_calls_do() {
+        let decide = |name: &str| {
+            Roots
+                .should_sample(
+                    None,
+                    TraceId::from(1u128),
+                    name,
+                    &opentelemetry::trace::SpanKind::Internal,
+                    &[],
+                    &[],
+                )
+                .decision
+        };
+        assert_eq!(decide("sea_orm.query_one"), SamplingDecision::Drop);
+        assert_eq!(decide("redis MGET"), SamplingDecision::Drop);
+        assert_eq!(
+            decide("/cpis.flag.v1.FlagRegistry/GetFlags"),
+            SamplingDecision::RecordAndSample
+        );
+        assert_eq!(decide("audit.commit"), SamplingDecision::RecordAndSample);
     }
 
     #[test]
