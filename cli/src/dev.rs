@@ -106,7 +106,7 @@ pub async fn start(args: &DevArgs, shutdown: Shutdown) -> Result<DevSystem> {
 }
 
 pub async fn run(args: DevArgs) -> Result<()> {
-    platform::telemetry::init(platform::config::LogFormat::Text);
+    let _telemetry = platform::telemetry::init("cpis", &platform::config::LogArgs::from_env())?;
     let shutdown = Shutdown::on_signals();
     let system = start(&args, shutdown).await?;
     let scheme = if args.tls_cert.is_some() {

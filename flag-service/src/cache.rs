@@ -24,6 +24,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::OnceCell;
+use tracing::Instrument;
+use tracing::field::Empty;
+
+/// Counts a lookup's hits and misses (`cpis_cache_lookups_total`) and notes them on its span.
+fn looked_up(hits: usize, misses: usize) {
+    platform::metrics::metrics().cache_looked_up(hits, misses);
+    tracing::Span::current().record("hits", hits);
+}
 
 /// The flags on one number, every LA, deleted ones left out.
 pub type FlagRows = Arc<Vec<Flag>>;
@@ -93,10 +101,28 @@ impl FlagCache {
         db: &DatabaseConnection,
         numbers: &[NhsNumber],
     ) -> Result<Vec<FlagRows>> {
+        // A span per cache lookup, under the call's: a trace shows hits, misses and the
+        // database reads they cost.
         match self {
             FlagCache::Off => from_database(db, numbers).await,
-            FlagCache::Local(local) => local.flags_on(db, numbers).await,
-            FlagCache::Shared(shared) => shared.flags_on(db, numbers).await,
+            FlagCache::Local(local) => {
+                let span = tracing::info_span!(
+                    "flag_cache.lookup",
+                    cache = "in-process",
+                    numbers = numbers.len(),
+                    hits = Empty
+                );
+                local.flags_on(db, numbers).instrument(span).await
+            }
+            FlagCache::Shared(shared) => {
+                let span = tracing::info_span!(
+                    "flag_cache.lookup",
+                    cache = "redis",
+                    numbers = numbers.len(),
+                    hits = Empty
+                );
+                shared.flags_on(db, numbers).instrument(span).await
+            }
         }
     }
 
@@ -110,7 +136,15 @@ impl FlagCache {
                 local.bump(numbers);
                 Ok(())
             }
-            FlagCache::Shared(shared) => shared.bump(numbers).await,
+            FlagCache::Shared(shared) => {
+                let span = tracing::info_span!(
+                    "redis bump generations",
+                    otel.kind = "client",
+                    db.system = "redis",
+                    numbers = numbers.len()
+                );
+                shared.bump(numbers).instrument(span).await
+            }
         }
     }
 }
@@ -188,6 +222,7 @@ impl LocalCache {
             .filter(|(_, (_, rows))| rows.is_none())
             .map(|(n, _)| *n)
             .collect();
+        looked_up(numbers.len() - misses.len(), misses.len());
         if misses.is_empty() {
             return Ok(seen.into_iter().filter_map(|(_, rows)| rows).collect());
         }
@@ -278,6 +313,7 @@ impl SharedCache {
         numbers: &[NhsNumber],
     ) -> Result<Vec<FlagRows>> {
         let Some(mut conn) = self.connection() else {
+            looked_up(0, numbers.len());
             return from_database(db, numbers).await;
         };
         let keys: Vec<String> = numbers
@@ -286,13 +322,21 @@ impl SharedCache {
             .collect();
         // Generation and entry in one round trip, so the tag is compared with the generation
         // of the same instant.
+        let read = tracing::info_span!(
+            "redis MGET",
+            otel.kind = "client",
+            db.system = "redis",
+            db.operation = "MGET"
+        );
         let values: Vec<Option<Vec<u8>>> = match redis::cmd("MGET")
             .arg(&keys)
             .query_async(&mut conn)
+            .instrument(read)
             .await
         {
             Ok(values) => values,
             Err(e) => {
+                looked_up(0, numbers.len());
                 tracing::debug!(error = %e, "flag cache: Redis read failed; reading the database");
                 return from_database(db, numbers).await;
             }
@@ -314,6 +358,7 @@ impl SharedCache {
                 }
             }
         }
+        looked_up(numbers.len() - misses.len(), misses.len());
         if misses.is_empty() {
             return Ok(answers.into_iter().flatten().collect());
         }
@@ -333,7 +378,13 @@ impl SharedCache {
             )
             .ignore();
         }
-        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+        let fill = tracing::info_span!(
+            "redis fill if current",
+            otel.kind = "client",
+            db.system = "redis",
+            db.operation = "EVALSHA"
+        );
+        if let Err(e) = pipe.query_async::<()>(&mut conn).instrument(fill).await {
             tracing::debug!(error = %e, "flag cache: could not store answers");
         }
         for ((i, _, _), rows) in misses.into_iter().zip(fetched) {

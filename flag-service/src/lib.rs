@@ -91,6 +91,7 @@ impl Component for FlagService {
         backend
             .start(&args.serve, shutdown, |context| {
                 tokio::spawn(clean_stale_staging(context.clone()));
+                tokio::spawn(measure_backlogs(context.clone()));
                 Routes::new(
                     cpis_proto::flag::flag_registry_server::FlagRegistryServer::new(Handlers {
                         context,
@@ -109,6 +110,38 @@ impl Component for FlagService {
 
     fn log_args(args: &FlagArgs) -> &LogArgs {
         &args.serve.log
+    }
+}
+
+/// How often `cpis_notification_backlog` is read from storage between scrapes.
+const BACKLOG_EVERY: Duration = Duration::from_secs(15);
+
+/// Keeps `cpis_notification_backlog{la}` current: every [`BACKLOG_EVERY`], and at each scrape.
+async fn measure_backlogs(context: BackendContext) {
+    async fn refresh(db: &sea_orm::DatabaseConnection) {
+        match storage::outbox::backlogs(db).await {
+            Ok(backlogs) => platform::metrics::metrics().notification_backlogs(&backlogs),
+            Err(e) => tracing::debug!(error = %e, "cannot read notification backlogs"),
+        }
+    }
+    let readiness = context.readiness.clone();
+    let db = context.db.clone();
+    platform::metrics::metrics().on_scrape(move || {
+        let (db, ready) = (db.clone(), readiness.is_ready());
+        async move {
+            if ready {
+                refresh(&db).await;
+            }
+        }
+    });
+    loop {
+        if context.readiness.is_ready() {
+            refresh(&context.db).await;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(BACKLOG_EVERY) => {}
+            _ = context.shutdown.wait() => return,
+        }
     }
 }
 

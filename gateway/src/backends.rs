@@ -18,6 +18,11 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+/// A backend channel whose every call is a client span (its context sent as `traceparent`)
+/// and a `cpis_backend_*` measurement. The readiness watcher uses the bare channels: its
+/// health checks every few seconds are neither traced nor counted.
+pub type Traced = platform::observe::ClientTelemetry<Channel>;
+
 #[derive(Clone)]
 pub struct Backends {
     pub flag: Channel,
@@ -166,16 +171,16 @@ impl Backends {
         })
     }
 
-    pub fn flag(&self) -> FlagRegistryClient<Channel> {
-        FlagRegistryClient::new(self.flag.clone())
+    pub fn flag(&self) -> FlagRegistryClient<Traced> {
+        FlagRegistryClient::new(Traced::new(self.flag.clone(), "flag-service"))
     }
 
-    pub fn attendance(&self) -> AttendanceLogClient<Channel> {
-        AttendanceLogClient::new(self.attendance.clone())
+    pub fn attendance(&self) -> AttendanceLogClient<Traced> {
+        AttendanceLogClient::new(Traced::new(self.attendance.clone(), "attendance-service"))
     }
 
-    pub fn access(&self) -> AccessControlClient<Channel> {
-        AccessControlClient::new(self.access.clone())
+    pub fn access(&self) -> AccessControlClient<Traced> {
+        AccessControlClient::new(Traced::new(self.access.clone(), "access-service"))
     }
 }
 

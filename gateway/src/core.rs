@@ -56,8 +56,14 @@ pub struct Allowed {
     pub decision: Decision,
 }
 
-/// The W3C trace id of the incoming call, for the audit record.
+/// The trace this call belongs to, for the audit record: the current span's (the caller's
+/// trace when it sent a `traceparent`, else the one this call started), or, where no tracing
+/// is installed (a library test), the caller's `traceparent` as sent.
 fn trace_id(metadata: &MetadataMap) -> String {
+    platform::telemetry::current_trace_id().unwrap_or_else(|| sent_trace_id(metadata))
+}
+
+fn sent_trace_id(metadata: &MetadataMap) -> String {
     metadata
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
@@ -234,8 +240,8 @@ mod tests {
                 .parse()
                 .unwrap(),
         );
-        assert_eq!(trace_id(&md), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(sent_trace_id(&md), "4bf92f3577b34da6a3ce929d0e0e4736");
         md.insert("traceparent", "garbage".parse().unwrap());
-        assert_eq!(trace_id(&md), "");
+        assert_eq!(sent_trace_id(&md), "");
     }
 }

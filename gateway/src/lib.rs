@@ -157,6 +157,9 @@ impl Component for Gateway {
 
         let listen = args.serve.listen.unwrap_or(DEFAULT_LISTEN);
         let listener = server::bind(listen).await?;
+        if let Some(addr) = args.serve.metrics_listen {
+            platform::metrics::serve(addr, shutdown.clone()).await?;
+        }
         let config = ServeConfig {
             name: NAME,
             services: SERVICES.to_vec(),

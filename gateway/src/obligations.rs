@@ -12,6 +12,7 @@ use cpis_proto::flag::{AccessRecord, GetFlagsRequest};
 use platform::error::Result;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// How long the reconciler leaves an obligation to its lookup before taking it over.
 const PENDING_FOR: Duration = Duration::from_secs(5);
@@ -105,6 +106,9 @@ pub async fn reconcile(core: Arc<Core>, every: Duration) {
         if !core.readiness.is_ready() {
             continue;
         }
+        // A poll every few seconds: not worth a trace unless it finds work (carry_out's own).
+        let poll = tracing::info_span!("reconcile.poll");
+        platform::telemetry::unsampled(&poll);
         let deadline = Deadline::after(Duration::from_secs(5));
         let message = ClaimObligationsRequest {
             claimant: claimant.clone(),
@@ -121,7 +125,13 @@ pub async fn reconcile(core: Arc<Core>, every: Duration) {
         let Ok(request) = calls::request(message, &deadline, None) else {
             continue;
         };
-        let claimed = match core.backends.access().claim_obligations(request).await {
+        let claimed = match core
+            .backends
+            .access()
+            .claim_obligations(request)
+            .instrument(poll)
+            .await
+        {
             Ok(r) => r.into_inner().obligations,
             Err(status) => {
                 tracing::debug!(code = ?status.code(), "reconciler could not claim obligations");
@@ -136,7 +146,8 @@ pub async fn reconcile(core: Arc<Core>, every: Duration) {
             "reconciler carrying out pending obligations"
         );
         for o in &claimed {
-            if let Err(e) = carry_out(&core, o, &claimant).await {
+            let span = tracing::info_span!("reconcile.obligation");
+            if let Err(e) = carry_out(&core, o, &claimant).instrument(span).await {
                 tracing::warn!(error = %e, "obligation still pending; its lease will lapse and it will be retried");
             }
         }

@@ -84,7 +84,7 @@ pub struct ServeArgs {
     #[arg(long, env = "CPIS_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
 
-    /// Prometheus metrics listener (optional).
+    /// Prometheus metrics listener (optional): `GET /metrics` on plain HTTP.
     #[arg(long, env = "CPIS_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
@@ -124,6 +124,27 @@ pub struct LogArgs {
     /// Log line format.
     #[arg(long, env = "CPIS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// OTLP collector to export traces to (`http://collector:4317`); the standard
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` works too. No endpoint, no export.
+    #[arg(long)]
+    pub otlp_endpoint: Option<String>,
+}
+
+impl LogArgs {
+    /// For a process that takes no logging flags (`cpis dev`): `CPIS_LOG_FORMAT` if it says
+    /// `json`, else text; the OTLP endpoint only from the standard `OTEL_*` variables.
+    pub fn from_env() -> Self {
+        let json = std::env::var("CPIS_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+        LogArgs {
+            log_format: if json {
+                LogFormat::Json
+            } else {
+                LogFormat::Text
+            },
+            otlp_endpoint: None,
+        }
+    }
 }
 
 impl ServeArgs {
@@ -150,6 +171,7 @@ impl ServeArgs {
             max_in_flight: 2048,
             log: LogArgs {
                 log_format: LogFormat::Text,
+                otlp_endpoint: None,
             },
         }
     }

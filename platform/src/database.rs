@@ -47,6 +47,8 @@ fn options(url: &str, max_connections: u32) -> ConnectOptions {
         .acquire_timeout(Duration::from_secs(3))
         .idle_timeout(Duration::from_secs(300))
         .sqlx_logging(false)
+        // A span per statement, never its text: literals could carry an NHS number.
+        .record_stmt_in_spans(false)
         // The service must start (and say NOT_SERVING) while its database is unreachable.
         .connect_lazy(true)
         // WAL survives a process crash; NORMAL skips an fsync per commit and may lose the

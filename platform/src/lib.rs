@@ -2,8 +2,10 @@
 //! ([`config`]), validated domain types ([`domain`]), the one error type and its mapping to
 //! gRPC statuses ([`error`]), the database and its migrations ([`database`]), the optional
 //! Redis cache ([`cache`]), health ([`health`]), serving with reflection and graceful stop
-//! ([`server`]) with malformed wire input answered as bad input ([`wire`]), shutdown ([`shutdown`]), the principal the gateway forwards ([`principal`])
-//! and logging ([`telemetry`]).
+//! ([`server`]) with malformed wire input answered as bad input ([`wire`]), shutdown
+//! ([`shutdown`]), the principal the gateway forwards ([`principal`]) and what operators see:
+//! logs and traces ([`telemetry`]), per-call spans and measurements ([`observe`]) and
+//! Prometheus metrics ([`metrics`]).
 //!
 //! This crate knows no service: services depend on it, never the reverse.
 
@@ -13,6 +15,8 @@ pub mod database;
 pub mod domain;
 pub mod error;
 pub mod health;
+pub mod metrics;
+pub mod observe;
 pub mod principal;
 pub mod runtime;
 pub mod server;

@@ -66,18 +66,21 @@ pub fn main<C: Component>() -> ExitCode {
         }
     };
     let outcome = runtime.block_on(async move {
-        crate::telemetry::init(C::log_args(&cli.args).log_format);
-        match cli.command {
-            Some(ServiceCommand::Migrate(db)) => {
-                C::migrate(db).await?;
+        let telemetry = crate::telemetry::init(C::NAME, C::log_args(&cli.args))?;
+        let outcome = match cli.command {
+            Some(ServiceCommand::Migrate(db)) => C::migrate(db).await.map(|()| {
                 tracing::info!(service = C::NAME, "migrations applied");
-                Ok(())
-            }
+            }),
             Some(ServiceCommand::Serve) | None => {
-                let running = C::start(cli.args, Shutdown::on_signals()).await?;
-                running.wait().await
+                match C::start(cli.args, Shutdown::on_signals()).await {
+                    Ok(running) => running.wait().await,
+                    Err(e) => Err(e),
+                }
             }
-        }
+        };
+        // The spans of the last calls leave before the process does.
+        telemetry.shutdown().await;
+        outcome
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -141,6 +144,9 @@ impl<M: MigratorTrait + Send + Sync + 'static> Backend<M> {
         };
         let routes = make_routes(context);
         let listener = server::bind(listen).await?;
+        if let Some(addr) = args.metrics_listen {
+            crate::metrics::serve(addr, shutdown.clone()).await?;
+        }
         let config = ServeConfig {
             name: self.name,
             services: self.services,

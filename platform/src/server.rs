@@ -98,6 +98,9 @@ pub async fn spawn(
     }
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        // Outermost: shed calls are traced and counted too; innermost, undecodable requests
+        // become INVALID_ARGUMENT before anything else sees them.
+        .layer(crate::observe::ObserveLayer::new(config.name))
         .layer(crate::shed::ShedLayer::new(config.max_in_flight))
         .layer(crate::wire::WireErrorsLayer);
     let router = builder.add_routes(all);

@@ -69,6 +69,7 @@ impl Dev {
             demo: false,
             tls_cert: None,
             tls_key: None,
+            tls_client_ca: None,
         };
         let system = dev::start(&args, shutdown).await.unwrap();
         common::wait_for_health(

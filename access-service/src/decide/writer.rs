@@ -9,6 +9,7 @@ use cpis_proto::access::{DecideRequest, Decision};
 use platform::{Error, Result};
 use sea_orm::DatabaseConnection;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 /// Large enough to amortise a commit, small enough to stay far below bind-parameter limits.
 pub const MAX_BATCH: usize = 256;
@@ -41,18 +42,28 @@ impl AccessDecisions {
             .send(Pending { input, reply })
             .await
             .map_err(|_| Error::unavailable("audit writer (stopping)"))?;
+        queue_depth(&self.queue);
         answer
             .await
             .map_err(|_| Error::internal("the audit writer dropped a request"))?
     }
 }
 
+/// `cpis_audit_queue_depth`: decisions waiting for the writer (a growing queue means the
+/// audit database cannot keep up, and callers will soon time out).
+fn queue_depth(queue: &mpsc::Sender<Pending>) {
+    platform::metrics::metrics().audit_queue_depth(queue.max_capacity() - queue.capacity());
+}
+
 async fn run(db: DatabaseConnection, mut rx: mpsc::Receiver<Pending>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        platform::metrics::metrics().audit_queue_depth(rx.len());
         let (inputs, replies): (Vec<_>, Vec<_>) =
             batch.drain(..).map(|p| (p.input, p.reply)).unzip();
-        match batch::commit(&db, &inputs).await {
+        // One trace per commit: it serves many callers, so it belongs to none of their traces.
+        let span = tracing::info_span!("audit.commit", records = inputs.len());
+        match batch::commit(&db, &inputs).instrument(span).await {
             Ok(results) => {
                 for (reply, result) in replies.into_iter().zip(results) {
                     // A caller that gave up still has its decision recorded.

@@ -67,10 +67,11 @@ fn spawn(name: &str, env: &[(String, String)], log: &Path) -> Child {
         .append(true)
         .open(log)
         .unwrap();
+    // The process's own environment last, so a test may set RUST_LOG (start_with).
     Command::new(binary(name))
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env_remove("CPIS_INSECURE_INTERNAL")
         .env("RUST_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -87,6 +88,15 @@ fn path_str(p: &Path) -> String {
 
 impl System {
     pub async fn start(options: Options) -> System {
+        Self::start_with(options, |_| Vec::new()).await
+    }
+
+    /// Like [`System::start`], with more environment for each process (`extra_env(name)`),
+    /// e.g. `RUST_LOG`, `OTEL_EXPORTER_OTLP_ENDPOINT` or `CPIS_METRICS_LISTEN`.
+    pub async fn start_with(
+        options: Options,
+        extra_env: impl Fn(&str) -> Vec<(String, String)>,
+    ) -> System {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::new("cpis internal CA");
         let system_ca = Ca::new("council systems CA");
@@ -135,6 +145,7 @@ impl System {
                     format!("cpis-test:{}:{port}", std::process::id()),
                 ));
             }
+            env.extend(extra_env(name));
             let child = spawn(name, &env, &dir.path().join(format!("{name}.log")));
             processes.insert(name, Process { child, port, env });
         }
@@ -161,6 +172,7 @@ impl System {
             env.push(kv("CPIS_TLS_KEY", path_str(&public.key)));
             env.push(kv("CPIS_TLS_CLIENT_CA", path_str(&system_ca_path)));
         }
+        env.extend(extra_env("gateway"));
         let child = spawn("gateway", &env, &dir.path().join("gateway.log"));
         processes.insert("gateway", Process { child, port, env });
 
