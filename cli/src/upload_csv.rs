@@ -4,7 +4,9 @@
 //! no panics (it is fuzzed).
 
 use cpis_proto::gateway::FlagRecord;
-use platform::domain::FlagType;
+// The domain crate directly (platform re-exports the same type): this module is also built
+// alone by the fuzz target `upload_csv`.
+use cpis_domain::FlagType;
 
 /// The header an upload file must start with, exactly.
 pub const HEADER: [&str; 8] = [
