@@ -224,3 +224,107 @@ async fn a_rotated_server_certificate_is_served_without_a_restart_and_no_call_fa
         Ok(ServingStatus::Serving)
     );
 }
+
+fn call<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// The gateway's own client identity rotates too: once its certificate files change, new
+/// connections to the backends present the new certificate, without a restart.
+#[tokio::test]
+async fn the_gateways_internal_certificate_is_rotated_without_a_restart() {
+    use common::system::{Options, System};
+    use cpis_proto::gateway as pb;
+    let mut sys = System::start(Options {
+        postgres: false,
+        ..Options::default()
+    })
+    .await;
+    let admin = sys.token("admin", "X26", "R0001", &["CPIS_ADMIN"]);
+    let org = pb::UpsertOrganisationRequest {
+        ods_code: "RQX".into(),
+        name: "Homerton".into(),
+        kind: pb::OrganisationKind::Health.into(),
+        onboarded: true,
+    };
+    pb::administration_client::AdministrationClient::new(sys.channel())
+        .upsert_organisation(call(&admin, org))
+        .await
+        .unwrap();
+    let lookup = pb::LookupChildRequest {
+        nhs_number: "9434765919".into(),
+        access_kind: pb::AccessKind::Scheduled.into(),
+        setting: Some(pb::Setting {
+            ods_code: "RQX01".into(),
+            setting_type: pb::SettingType::GpPractice.into(),
+        }),
+        request_id: String::new(),
+    };
+    let silent = sys.token("dr.gp", "RQX", "R8000", &["B0170"]);
+    let mut client = pb::child_protection_client::ChildProtectionClient::new(sys.channel());
+    client
+        .lookup_child(call(&silent, lookup.clone()))
+        .await
+        .unwrap();
+
+    // A new CA, staged as a real rotation is: first every service trusts both CAs (the files
+    // are re-read), then the gateway's identity is reissued by the new one.
+    let next_ca = Ca::new("next internal CA");
+    let dir = sys.data_dir();
+    let both = format!("{}{}", sys.ca.pem, next_ca.pem);
+    std::fs::write(dir.join("internal-ca.pem"), both).unwrap();
+    for backend in ["access-service", "flag-service", "attendance-service"] {
+        let mut reloaded = false;
+        for _ in 0..100 {
+            if sys.log(backend).contains("TLS certificate reloaded") {
+                reloaded = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            reloaded,
+            "{backend} never re-read its client CA:\n{}",
+            sys.log(backend)
+        );
+    }
+    let staging = dir.join("next");
+    std::fs::create_dir_all(&staging).unwrap();
+    let reissued = next_ca.gateway(&staging);
+    std::fs::rename(&reissued.key, dir.join("gateway.key")).unwrap();
+    std::fs::rename(&reissued.cert, dir.join("gateway.crt")).unwrap();
+    let mut rotated = false;
+    for _ in 0..100 {
+        if sys.log("gateway").contains("internal certificate changed") {
+            rotated = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        rotated,
+        "the gateway never noticed its new certificate:\n{}",
+        sys.log("gateway")
+    );
+
+    // flag-service now trusts only the new CA for its clients, and restarts: only a gateway
+    // presenting the new certificate can reach it.
+    let only_next = dir.join("flag-client-ca.pem");
+    std::fs::write(&only_next, &next_ca.pem).unwrap();
+    sys.set_env(
+        "flag-service",
+        "CPIS_TLS_CLIENT_CA",
+        &only_next.display().to_string(),
+    );
+    sys.restart("flag-service").await;
+    let mut client = pb::child_protection_client::ChildProtectionClient::new(sys.channel());
+    let answer = client.lookup_child(call(&silent, lookup)).await;
+    assert!(
+        answer.is_ok(),
+        "the gateway did not present its rotated certificate: {answer:?}"
+    );
+}

@@ -319,6 +319,13 @@ impl System {
         p.child.wait().unwrap()
     }
 
+    /// Changes one environment variable of `name` for its next restart.
+    pub fn set_env(&mut self, name: &str, key: &str, value: &str) {
+        let env = &mut self.processes.get_mut(name).unwrap().env;
+        env.retain(|(k, _)| k != key);
+        env.push((key.to_owned(), value.to_owned()));
+    }
+
     /// Starts `name` again with the same configuration (same port, same database).
     pub async fn restart(&mut self, name: &'static str) {
         let log = self.dir.path().join(format!("{name}.log"));
