@@ -61,6 +61,42 @@ pub fn decode(
     }
 }
 
+/// Keyset paging over a text key (an ODS code, a SAN) for the lists of one `kind`: the page
+/// size and where the previous page ended, read from the request.
+pub struct KeyPage {
+    pub size: u64,
+    pub after: String,
+    kind: &'static str,
+}
+
+impl KeyPage {
+    pub fn parse(kind: &'static str, page_size: i32, page_token: &str) -> platform::Result<Self> {
+        let mut v = Violations::new();
+        let size = self::page_size(&mut v, "page_size", page_size);
+        let after = decode(&mut v, "page_token", page_token, kind);
+        v.finish()?;
+        let after = String::from_utf8(after.unwrap_or_default())
+            .map_err(|_| platform::Error::invalid("page_token", "is malformed"))?;
+        Ok(KeyPage { size, after, kind })
+    }
+
+    /// Rows are fetched `size + 1` at a time: the extra row says whether a next page exists.
+    pub fn limit(&self) -> u64 {
+        self.size + 1
+    }
+
+    /// The page, and the token resuming after its last row (empty at the end).
+    pub fn finish<T>(&self, mut rows: Vec<T>, key: impl Fn(&T) -> &str) -> (Vec<T>, String) {
+        let more = rows.len() as u64 > self.size;
+        rows.truncate(self.size as usize);
+        let next = match (more, rows.last()) {
+            (true, Some(last)) => encode(self.kind, key(last).as_bytes()),
+            _ => String::new(),
+        };
+        (rows, next)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -107,24 +107,14 @@ pub async fn list(
     db: &DatabaseConnection,
     request: ListOrganisationsRequest,
 ) -> Result<ListOrganisationsResponse> {
-    let mut v = Violations::new();
-    let size = pagination::page_size(&mut v, "page_size", request.page_size);
-    let after = pagination::decode(&mut v, "page_token", &request.page_token, "organisations");
-    v.finish()?;
-    let after = String::from_utf8(after.unwrap_or_default())
-        .map_err(|_| platform::Error::invalid("page_token", "is malformed"))?;
-    let mut rows = organisation::Entity::find()
-        .filter(organisation::Column::OdsCode.gt(after))
+    let page = pagination::KeyPage::parse("organisations", request.page_size, &request.page_token)?;
+    let rows = organisation::Entity::find()
+        .filter(organisation::Column::OdsCode.gt(page.after.clone()))
         .order_by_asc(organisation::Column::OdsCode)
-        .limit(size + 1)
+        .limit(page.limit())
         .all(db)
         .await?;
-    let more = rows.len() as u64 > size;
-    rows.truncate(size as usize);
-    let next_page_token = match (more, rows.last()) {
-        (true, Some(last)) => pagination::encode("organisations", last.ods_code.as_bytes()),
-        _ => String::new(),
-    };
+    let (rows, next_page_token) = page.finish(rows, |row| &row.ods_code);
     Ok(ListOrganisationsResponse {
         organisations: rows.into_iter().map(to_wire).collect(),
         next_page_token,

@@ -111,24 +111,14 @@ pub async fn list(
     db: &DatabaseConnection,
     request: ListSystemsRequest,
 ) -> Result<ListSystemsResponse> {
-    let mut v = Violations::new();
-    let size = pagination::page_size(&mut v, "page_size", request.page_size);
-    let after = pagination::decode(&mut v, "page_token", &request.page_token, "systems");
-    v.finish()?;
-    let after = String::from_utf8(after.unwrap_or_default())
-        .map_err(|_| platform::Error::invalid("page_token", "is malformed"))?;
-    let mut rows = system::Entity::find()
-        .filter(system::Column::San.gt(after))
+    let page = pagination::KeyPage::parse("systems", request.page_size, &request.page_token)?;
+    let rows = system::Entity::find()
+        .filter(system::Column::San.gt(page.after.clone()))
         .order_by_asc(system::Column::San)
-        .limit(size + 1)
+        .limit(page.limit())
         .all(db)
         .await?;
-    let more = rows.len() as u64 > size;
-    rows.truncate(size as usize);
-    let next_page_token = match (more, rows.last()) {
-        (true, Some(last)) => pagination::encode("systems", last.san.as_bytes()),
-        _ => String::new(),
-    };
+    let (rows, next_page_token) = page.finish(rows, |row| &row.san);
     Ok(ListSystemsResponse {
         systems: rows.into_iter().map(to_wire).collect(),
         next_page_token,
