@@ -262,24 +262,41 @@ where
             span: span.clone(),
             done: false,
         };
-        // The instance poll_ready made ready serves this call.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let future = span.in_scope(|| inner.call(request));
-        Box::pin(
-            async move {
-                let mut outcome = outcome;
-                match future.await {
-                    Ok(response) => Ok(outcome.watch(response)),
-                    Err(e) => {
-                        outcome.finish(Code::Unknown);
-                        Err(e)
-                    }
+        observed(&mut self.inner, request, outcome, Code::Unknown)
+    }
+}
+
+/// Runs one call inside its span and records its outcome when the answer (or its body) ends;
+/// a service error is counted as `on_error`.
+fn observed<S, ReqBody>(
+    ready: &mut S,
+    request: http::Request<ReqBody>,
+    outcome: Outcome,
+    on_error: Code,
+) -> BoxFuture<http::Response<tonic::body::Body>, S::Error>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<tonic::body::Body>> + Clone,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    // The instance poll_ready made ready serves this call.
+    let clone = ready.clone();
+    let mut inner = std::mem::replace(ready, clone);
+    let span = outcome.span.clone();
+    let future = span.in_scope(|| inner.call(request));
+    Box::pin(
+        async move {
+            let mut outcome = outcome;
+            match future.await {
+                Ok(response) => Ok(outcome.watch(response)),
+                Err(e) => {
+                    outcome.finish(on_error);
+                    Err(e)
                 }
             }
-            .instrument(span),
-        )
-    }
+        }
+        .instrument(span),
+    )
 }
 
 /// The client side: the gateway's channel to one backend, traced and measured.
@@ -338,23 +355,8 @@ where
             span: span.clone(),
             done: false,
         };
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let future = span.in_scope(|| inner.call(request));
-        Box::pin(
-            async move {
-                let mut outcome = outcome;
-                match future.await {
-                    Ok(response) => Ok(outcome.watch(response)),
-                    Err(e) => {
-                        // The transport failed: what the caller sees as UNAVAILABLE.
-                        outcome.finish(Code::Unavailable);
-                        Err(e)
-                    }
-                }
-            }
-            .instrument(span),
-        )
+        // A transport failure is what the caller sees as UNAVAILABLE.
+        observed(&mut self.inner, request, outcome, Code::Unavailable)
     }
 }
 
