@@ -1,1 +1,37 @@
-//! Cross-service tests live in `tests/`; this crate has no library code of its own.
+//! The harness the cross-service tests and the benchmark share: the whole system as separate
+//! processes on loopback, the way production runs it (three backends with mTLS, the gateway in
+//! front), with certificates made by rcgen at run time. The tests themselves live in `tests/`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod certs;
+pub mod system;
+
+use std::path::PathBuf;
+
+/// A workspace binary (`gateway`, `flag-service`, ..., `cpis`), built beside the running
+/// executable (a test under `deps/`, or `cpis-bench`). `tests/run.sh` builds them first
+/// (`cargo build --bins`).
+pub fn binary(name: &str) -> PathBuf {
+    let mut dir = std::env::current_exe().expect("executable path");
+    dir.pop();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --bins` first (tests/run.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A port free on loopback now (the OS picks it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

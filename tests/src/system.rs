@@ -2,8 +2,8 @@
 //! backends with mTLS (certificates made by rcgen), the gateway in front, tokens signed by a
 //! development key, and — when configured — PostgreSQL and Redis instead of SQLite.
 
-use super::certs::{Ca, GATEWAY_SAN, Pem};
-use super::{binary, free_port};
+use crate::certs::{Ca, GATEWAY_SAN, Pem};
+use crate::{binary, free_port};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
