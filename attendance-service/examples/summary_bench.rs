@@ -14,10 +14,10 @@ use anyhow::{Context, Result, bail};
 use attendance_service::attendance::Attendance;
 use attendance_service::migration::Migrator;
 use attendance_service::storage::{Attendances, summary_statement};
-use chrono::{DateTime, Duration, Utc};
+use attendance_service::synthetic::{self, Population, Rng, Rows, lookup_id};
+use chrono::{DateTime, Utc};
 use clap::Parser;
-use platform::domain::{NhsNumber, OdsCode, SettingType};
-use sea_orm::sqlx::postgres::PgPoolCopyExt;
+use platform::domain::{OdsCode, SettingType};
 use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
 use std::time::Instant;
 
@@ -44,113 +44,6 @@ struct Args {
     /// Keep the databases afterwards.
     #[arg(long)]
     keep: bool,
-}
-
-/// splitmix64: reproducible synthetic data without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-const UNSCHEDULED: [(&str, u64); 9] = [
-    ("EMERGENCY_DEPARTMENT", 45),
-    ("URGENT_TREATMENT_CENTRE", 15),
-    ("MINOR_INJURY_UNIT", 10),
-    ("WALK_IN_CENTRE", 8),
-    ("NHS_111", 8),
-    ("OUT_OF_HOURS_GP", 6),
-    ("AMBULANCE", 4),
-    ("PAEDIATRIC_WARD", 3),
-    ("MATERNITY", 1),
-];
-
-/// The synthetic population: `children` valid NHS numbers; the first 5% are frequent
-/// attenders who get 25% of all attendances (the rest spread evenly), so most children have
-/// a handful of attendances and a few have dozens.
-struct Population {
-    children: Vec<NhsNumber>,
-}
-
-impl Population {
-    fn new(count: usize) -> Self {
-        let children = (400_000_000u32..)
-            .filter_map(NhsNumber::from_first_nine)
-            .take(count.max(1))
-            .collect();
-        Population { children }
-    }
-    fn frequent(&self) -> usize {
-        (self.children.len() / 20).max(1)
-    }
-    fn pick_for_attendance(&self, rng: &mut Rng) -> NhsNumber {
-        let n = if rng.unit() < 0.25 {
-            rng.below(self.frequent() as u64)
-        } else {
-            rng.below(self.children.len() as u64)
-        };
-        self.children[n as usize]
-    }
-    fn pick_any(&self, rng: &mut Rng) -> NhsNumber {
-        self.children[rng.below(self.children.len() as u64) as usize]
-    }
-}
-
-fn setting(rng: &mut Rng) -> &'static str {
-    let mut roll = rng.below(100);
-    for (name, weight) in UNSCHEDULED {
-        if roll < weight {
-            return name;
-        }
-        roll -= weight;
-    }
-    "EMERGENCY_DEPARTMENT"
-}
-
-fn lookup_id(rng: &mut Rng, i: u64) -> String {
-    let a = rng.next();
-    format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0xfff,
-        rng.next() & 0xffff,
-        i
-    )
-}
-
-/// One COPY text line, with the service's own stored forms.
-fn copy_line(out: &mut String, rng: &mut Rng, people: &Population, i: u64, now: DateTime<Utc>) {
-    use std::fmt::Write;
-    let window = 400 * 86_400_000_000i64;
-    let attended = now - Duration::microseconds(rng.below(window as u64) as i64);
-    let recorded = attended + Duration::milliseconds(rng.below(2000) as i64);
-    let site = rng.below(1200);
-    let _ = writeln!(
-        out,
-        "{}\t{}\t{}\t{}\tOrganisation {}\t{}\tuser-{}\t{}\t{}",
-        lookup_id(rng, i),
-        people.pick_for_attendance(rng).as_str(),
-        attended.format("%Y-%m-%d %H:%M:%S%.6f+00"),
-        format_args!("R{:02}{:03}", site / 40, site),
-        site / 8,
-        setting(rng),
-        rng.below(50_000),
-        ["R8000", "R8001", "R8003", "R8004"][rng.below(4) as usize],
-        recorded.format("%Y-%m-%d %H:%M:%S%.6f+00"),
-    );
 }
 
 /// One loaded database.
@@ -212,28 +105,15 @@ async fn load(server: &str, rows: u64, args: &Args) -> Result<Loaded> {
     platform::database::migrate::<Migrator>(&url, attendance_service::NAME).await?;
     let db = platform::database::connect(&url).await?;
     let now = Utc::now();
-    let people = Population::new(((rows as f64) * args.children_per_row).round() as usize);
-    let mut rng = Rng(rows);
+    let people = Population::new(
+        400_000_000,
+        ((rows as f64) * args.children_per_row).round() as usize,
+    );
 
     // COPY into the migrated table, indexes in place, as a bulk import would run.
     let started = Instant::now();
-    let mut copy = db
-        .get_postgres_connection_pool()
-        .copy_in_raw(
-            "COPY attendances (lookup_id, nhs_number, attended_at, site_ods_code, \
-             organisation_name, setting_type, user_id, role_code, recorded_at) FROM STDIN",
-        )
-        .await?;
-    let mut chunk = String::with_capacity(1 << 21);
-    for i in 0..rows {
-        copy_line(&mut chunk, &mut rng, &people, i, now);
-        if chunk.len() > (1 << 20) {
-            copy.send(chunk.as_bytes()).await?;
-            chunk.clear();
-        }
-    }
-    copy.send(chunk.as_bytes()).await?;
-    let copied = copy.finish().await?;
+    let copied =
+        synthetic::load(&db, Rows::new(rows, &people, now, 400).take(rows as usize)).await?;
     let load_secs = started.elapsed().as_secs_f64();
     if copied != rows {
         bail!("COPY stored {copied} rows, not {rows}");

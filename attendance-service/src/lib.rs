@@ -15,6 +15,7 @@ pub mod migration;
 pub mod retention;
 pub mod storage;
 pub mod summary;
+pub mod synthetic;
 
 pub use config::{AttendanceArgs, RetentionArgs};
 pub use handlers::Handlers;
