@@ -158,7 +158,7 @@ pub async fn attendances(url: &str, rows: u64, seed: u64, now: DateTime<Utc>) ->
     let rebuild = if postgres {
         drop_secondary_indexes(&db).await?
     } else {
-        Vec::new()
+        drop_sqlite_indexes(&db).await?
     };
     let stored = synthetic::load(
         &db,
@@ -177,6 +177,9 @@ pub async fn attendances(url: &str, rows: u64, seed: u64, now: DateTime<Utc>) ->
         db.execute_unprepared(&sql).await?;
         db.execute_unprepared("VACUUM ANALYZE attendances").await?;
     } else {
+        for statement in rebuild {
+            db.execute_unprepared(&statement).await?;
+        }
         db.execute_unprepared("ANALYZE").await?;
     }
     db.close().await?;
@@ -226,6 +229,25 @@ async fn drop_secondary_indexes(db: &DatabaseConnection) -> Result<Vec<String>> 
     }
     for sql in drops {
         db.execute_unprepared(&sql).await?;
+    }
+    Ok(rebuild)
+}
+
+/// SQLite's form of [`drop_secondary_indexes`]: the named indexes of `attendances` (the
+/// UNIQUE constraint's automatic index cannot be dropped and stays).
+async fn drop_sqlite_indexes(db: &DatabaseConnection) -> Result<Vec<String>> {
+    let indexes = db
+        .query_all_raw(Statement::from_string(
+            DbBackend::Sqlite,
+            "SELECT name, sql FROM sqlite_master \
+             WHERE type = 'index' AND tbl_name = 'attendances' AND sql IS NOT NULL",
+        ))
+        .await?;
+    let mut rebuild = Vec::new();
+    for row in indexes {
+        let name: String = row.try_get_by_index(0)?;
+        rebuild.push(row.try_get_by_index::<String>(1)?);
+        db.execute_unprepared(&format!("DROP INDEX \"{name}\"")).await?;
     }
     Ok(rebuild)
 }

@@ -8,6 +8,7 @@
 //! cargo build --release --bins && target/release/cpis-bench run
 //! ```
 
+mod cpu;
 mod dataset;
 mod echo;
 mod load;
@@ -18,7 +19,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use cpis_tests::certs::Ca;
 use cpis_tests::system::{Options, System};
-use load::{Measured, Spec};
+use load::Spec;
 use report::{DEV, ECHO, Load, PRODUCTION, Report, Row};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -115,22 +116,27 @@ struct RunArgs {
     /// Drop the bench's databases afterwards.
     #[arg(long)]
     drop_after: bool,
-    /// Skip `cpis dev`.
-    #[arg(long)]
-    no_dev: bool,
+    /// Targets to leave out: echo, production, small-log (the comparison with the small
+    /// attendance log), dev.
+    #[arg(long, value_delimiter = ',', value_parser = ["echo", "production", "small-log", "dev"])]
+    skip: Vec<String>,
     /// A quick run on a tiny dataset (CI): sizes and durations scaled down.
     #[arg(long)]
     smoke: bool,
 }
 
 impl RunArgs {
+    fn runs(&self, target: &str) -> bool {
+        !self.skip.iter().any(|s| s == target)
+    }
+
     fn smoke(mut self) -> Self {
         self.flags = self.flags.min(3_000);
         self.trusts = self.trusts.min(10);
         self.attendances = self.attendances.min(20_000);
         self.small_attendances = self.small_attendances.min(2_000);
         self.dev_attendances = self.dev_attendances.min(20_000);
-        self.concurrency = vec![1, 8];
+        self.concurrency = vec![1, 64];
         self.warmup = self.warmup.min(0.3);
         self.duration = self.duration.min(1.0);
         self.rate = self.rate.min(100.0);
@@ -183,286 +189,318 @@ fn main() -> Result<()> {
     })
 }
 
-/// The timed part so far, for the report (loading is not counted).
-struct Clock(Duration);
-
-async fn measure<F, Fut>(
-    clock: &mut Clock,
-    args: &RunArgs,
-    what: &str,
-    load: Load,
-    call: F,
-) -> Measured
-where
-    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = load::Outcome> + Send + 'static,
-{
-    let started = Instant::now();
-    let spec = args.spec();
-    let measured = match load {
-        Load::Closed { concurrency } => load::closed(spec, concurrency, call).await,
-        Load::Open { rate } => load::open(spec, rate, 4096, call).await,
-    };
-    clock.0 += started.elapsed();
-    println!(
-        "{what:<34} {:>8} {:>9.0}/s p50 {:>7.2} p90 {:>7.2} p99 {:>7.2} max {:>8.1} ms errors {:?}",
-        match load {
-            Load::Closed { concurrency } => format!("c={concurrency}"),
-            Load::Open { rate } => format!("{rate:.0}/s"),
-        },
-        measured.throughput,
-        measured.p50_ms,
-        measured.p90_ms,
-        measured.p99_ms,
-        measured.max_ms,
-        measured.errors
-    );
-    measured
+/// One run: what it measured so far, and the timed part's length (loading not counted).
+struct Run {
+    args: RunArgs,
+    work: PathBuf,
+    dataset: cpis_cli::demo::Dataset,
+    now: chrono::DateTime<chrono::Utc>,
+    rows: Vec<Row>,
+    loading: serde_json::Map<String, serde_json::Value>,
+    timed: Duration,
+    /// The processes whose CPU the next measurements count.
+    watch: Vec<(String, cpu::Who)>,
+    /// The PostgreSQL server whose WAL the next measurements count.
+    wal: Option<String>,
 }
 
-async fn run(args: RunArgs) -> Result<()> {
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
-    let work = std::path::absolute(&args.work_dir)?;
-    std::fs::create_dir_all(&work)?;
-    let mut clock = Clock(Duration::ZERO);
-    let mut rows = Vec::new();
-    let dataset = dataset::generate(args.sizes());
-    let now = chrono::Utc::now();
-    let mut loading = serde_json::Map::new();
-
-    // (a) the practical limit, in plaintext and (for reference) over TLS.
-    let ca = Ca::new("cpis-bench CA");
-    let echo_identity = ca.server(&work, "echo");
-    for tls in [false, true] {
-        let port = cpis_tests::free_port();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut server_args = vec![
-            "echo-server".to_owned(),
-            "--listen".to_owned(),
-            addr.to_string(),
-        ];
-        if tls {
-            server_args.extend([
-                "--tls-cert".to_owned(),
-                echo_identity.cert.display().to_string(),
-                "--tls-key".to_owned(),
-                echo_identity.key.display().to_string(),
-            ]);
-        }
-        let _server = targets::spawn(
-            &std::env::current_exe()?,
-            &server_args,
-            &work.join("echo.log"),
-        )?;
-        let ca_pem = tls.then_some(ca.pem.as_str());
-        targets::wait_serving(addr, ca_pem).await?;
-        let channels = Arc::new(targets::channels(addr, ca_pem, args.connections)?);
-        let (target, workload) = if tls {
-            ("echo over TLS", "echo")
-        } else {
-            (ECHO, "echo")
-        };
-        for &c in &args.concurrency {
-            let load = Load::Closed { concurrency: c };
-            let m = measure(
-                &mut clock,
-                &args,
-                target,
-                load,
-                targets::echo_call(channels.clone()),
-            )
-            .await;
-            rows.push(row(target, workload, None, load, m));
-        }
-    }
-
-    // (b), (c): the production configuration on PostgreSQL and Redis.
-    let access_db = format!("{}_access", args.db_prefix);
-    let flag_db = format!("{}_flag", args.db_prefix);
-    let attendance_db = |n: u64| format!("{}_attendance_{n}", args.db_prefix);
-    for n in [args.small_attendances, args.attendances] {
-        let name = attendance_db(n);
-        let label = format!(
-            "attendances rows={n} seed={} window={}",
-            args.seed,
-            dataset::WINDOW_DAYS
-        );
-        let url = dataset::database_url(&args.postgres, &name);
-        if args.reload || dataset::label(&args.postgres, &name).await? != Some(Some(label.clone()))
-        {
-            println!("loading {n} attendances into {name} (COPY)...");
-            dataset::recreate(&args.postgres, &name).await?;
-            let seconds = dataset::attendances(&url, n, args.seed, now).await?;
-            println!(
-                "  {n} rows in {seconds:.1} s ({:.0} rows/s, indexes built after)",
-                n as f64 / seconds
-            );
-            dataset::set_label(&args.postgres, &name, &label).await?;
-            loading.insert(name, serde_json::json!({ "rows": n, "seconds": seconds }));
-        } else {
-            println!("reusing {name} ({label})");
-            loading.insert(name, serde_json::json!({ "rows": n, "reused": true }));
-        }
-    }
-    let registry_label = format!("registry {}", serde_json::to_string(&args.sizes())?);
-    let registry_loaded = !args.reload
-        && dataset::label(&args.postgres, &flag_db).await? == Some(Some(registry_label.clone()))
-        && dataset::label(&args.postgres, &access_db).await? == Some(Some(registry_label.clone()));
-    if !registry_loaded {
-        dataset::recreate(&args.postgres, &flag_db).await?;
-        dataset::recreate(&args.postgres, &access_db).await?;
-    }
-    let urls = |attendances: u64| {
-        vec![
-            (
-                "access-service",
-                dataset::database_url(&args.postgres, &access_db),
-            ),
-            (
-                "flag-service",
-                dataset::database_url(&args.postgres, &flag_db),
-            ),
-            (
-                "attendance-service",
-                dataset::database_url(&args.postgres, &attendance_db(attendances)),
-            ),
-        ]
-    };
-    let mut system = System::start(Options {
-        postgres: false,
-        public_tls: true,
-        database_urls: urls(args.attendances),
-        redis_url: Some(args.redis.clone()),
-    })
-    .await;
-    let gateway_url = format!("https://localhost:{}", system.gateway_addr().port());
-    let ca_path = system.data_dir().join("internal-ca.pem");
-    if !registry_loaded {
-        println!(
-            "loading {} organisations and {} flags through the gateway...",
-            args.las + args.trusts,
-            args.flags
-        );
+impl Run {
+    /// Measures `call` under `load` and keeps the row.
+    async fn measure<F, Fut>(
+        &mut self,
+        target: &'static str,
+        workload: &'static str,
+        attendances: Option<u64>,
+        load: Load,
+        call: F,
+    ) where
+        F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = load::Outcome> + Send + 'static,
+    {
         let started = Instant::now();
-        let gateway = cpis_cli::connect::GatewayArgs {
-            gateway: gateway_url.clone(),
-            token: None,
-            ca_cert: Some(ca_path.clone()),
-            client_cert: None,
-            client_key: None,
-            deadline: Duration::from_secs(120),
+        let spec = self.args.spec();
+        let cpu = tokio::spawn(cpu::window(self.watch.clone(), spec.warmup, spec.duration));
+        let wal = self
+            .wal
+            .clone()
+            .map(|url| tokio::spawn(wal_window(url, spec.warmup, spec.duration)));
+        let measured = match load {
+            Load::Closed { concurrency } => load::closed(spec, concurrency, call).await,
+            Load::Open { rate } => load::open(spec, rate, 4096, call).await,
         };
-        let accepted =
-            dataset::organisations_and_flags(&dataset, gateway, &system.data_dir()).await?;
-        let seconds = started.elapsed().as_secs_f64();
-        println!("  {accepted} flags accepted in {seconds:.1} s");
-        dataset::set_label(&args.postgres, &flag_db, &registry_label).await?;
-        dataset::set_label(&args.postgres, &access_db, &registry_label).await?;
-        loading.insert(
-            "registry".into(),
-            serde_json::json!({ "flags": accepted, "seconds": seconds }),
+        self.timed += started.elapsed();
+        let calls = measured.calls.max(1) as f64;
+        let cpu_ms_per_call = cpu
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, ms)| (name, ms / calls))
+            .collect();
+        let wal_bytes_per_call = match wal {
+            Some(task) => task.await.ok().flatten().map(|b| b / calls),
+            None => None,
+        };
+        let log = attendances.map(|n| format!(" ({n})")).unwrap_or_default();
+        println!(
+            "{:<42} {:>8} {:>9.0}/s p50 {:>7.2} p90 {:>7.2} p99 {:>7.2} max {:>8.1} ms errors {:?}",
+            format!("{target} {workload}{log}"),
+            match load {
+                Load::Closed { concurrency } => format!("c={concurrency}"),
+                Load::Open { rate } => format!("{rate:.0}/s"),
+            },
+            measured.throughput,
+            measured.p50_ms,
+            measured.p90_ms,
+            measured.p99_ms,
+            measured.max_ms,
+            measured.errors
         );
-    } else {
-        println!("reusing {flag_db} and {access_db} ({registry_label})");
+        self.rows.push(Row {
+            target,
+            workload,
+            attendances,
+            load,
+            measured,
+            ratio_to_echo: None,
+            cpu_ms_per_call,
+            wal_bytes_per_call,
+        });
     }
-    let lookups_for = |n: u64| -> Result<Arc<dataset::Lookups>> {
-        Ok(Arc::new(dataset::Lookups::new(
-            &dataset,
-            &dataset::population(n),
-        )?))
-    };
-    let channels = targets::channels(
-        system.gateway_addr(),
-        Some(&system.ca.pem),
-        args.connections,
-    )?;
-    let production = |system: &System, notifying: bool, lookups: Arc<dataset::Lookups>| {
-        targets::Lookup::new(
-            &channels,
-            clinicians(&dataset, &system.data_dir(), notifying)?,
-            notifying,
-            lookups,
-            args.flagged_percent,
-        )
-    };
-    let large = lookups_for(args.attendances)?;
-    for notifying in [false, true] {
-        let workload = workload_name(notifying);
-        let lookup = production(&system, notifying, large.clone())?;
-        let mut loads: Vec<Load> = args
+
+    fn closed_loads(&self) -> Vec<Load> {
+        self.args
             .concurrency
             .iter()
             .map(|&c| Load::Closed { concurrency: c })
-            .collect();
-        loads.push(Load::Open { rate: args.rate });
-        for load in loads {
-            let l = lookup.clone();
-            let m = measure(
-                &mut clock,
-                &args,
-                &format!("production {workload}"),
-                load,
-                move |c, n| l.clone().call(c, n),
-            )
-            .await;
-            rows.push(row(PRODUCTION, workload, Some(args.attendances), load, m));
-        }
+            .collect()
     }
-    // The same lookups against the small log: only the attendance database differs.
-    system.set_env(
-        "attendance-service",
-        "CPIS_DATABASE_URL",
-        &urls(args.small_attendances)[2].1,
-    );
-    system.restart("attendance-service").await;
-    let small = lookups_for(args.small_attendances)?;
-    for notifying in [false, true] {
-        let workload = workload_name(notifying);
-        let lookup = production(&system, notifying, small.clone())?;
-        for load in [
-            Load::Closed {
-                concurrency: 64.min(*args.concurrency.last().unwrap_or(&64)),
-            },
-            Load::Open { rate: args.rate },
-        ] {
-            let l = lookup.clone();
-            let m = measure(
-                &mut clock,
-                &args,
-                &format!("production {workload} (small log)"),
-                load,
-                move |c, n| l.clone().call(c, n),
-            )
-            .await;
-            rows.push(row(
-                PRODUCTION,
-                workload,
-                Some(args.small_attendances),
-                load,
-                m,
-            ));
-        }
-    }
-    let postgres_version = postgres_version(&args.postgres).await.unwrap_or_default();
-    drop(system);
 
-    // (d) cpis dev: one process, SQLite, its own dataset in the work directory.
-    if !args.no_dev {
-        let dev_dir = work.join("dev");
+    /// Silent and notifying lookups through `channels` under each of `loads`.
+    async fn lookups_under(
+        &mut self,
+        target: &'static str,
+        channels: &[tonic::transport::Channel],
+        data_dir: &Path,
+        attendances: u64,
+        loads: &[Load],
+    ) -> Result<()> {
+        let lookups = Arc::new(dataset::Lookups::new(
+            &self.dataset,
+            &dataset::population(attendances),
+        )?);
+        for notifying in [false, true] {
+            let lookup = targets::Lookup::new(
+                channels,
+                clinicians(&self.dataset, data_dir, notifying)?,
+                notifying,
+                lookups.clone(),
+                self.args.flagged_percent,
+            )?;
+            for &load in loads {
+                let l = lookup.clone();
+                let call = move |c, n| l.clone().call(c, n);
+                self.measure(
+                    target,
+                    workload_name(notifying),
+                    Some(attendances),
+                    load,
+                    call,
+                )
+                .await;
+            }
+        }
+        Ok(())
+    }
+
+    /// (a) The practical limit: the echo in plaintext and, for reference, over TLS.
+    async fn echo(&mut self) -> Result<()> {
+        let ca = Ca::new("cpis-bench CA");
+        let identity = ca.server(&self.work, "echo");
+        for tls in [false, true] {
+            let addr = SocketAddr::from(([127, 0, 0, 1], cpis_tests::free_port()));
+            let mut server_args = vec![
+                "echo-server".to_owned(),
+                "--listen".to_owned(),
+                addr.to_string(),
+            ];
+            if tls {
+                server_args.extend([
+                    "--tls-cert".to_owned(),
+                    identity.cert.display().to_string(),
+                    "--tls-key".to_owned(),
+                    identity.key.display().to_string(),
+                ]);
+            }
+            let server = targets::spawn(
+                &std::env::current_exe()?,
+                &server_args,
+                &self.work.join("echo.log"),
+            )?;
+            self.watch = vec![
+                ("echo server".into(), cpu::Who::Pid(server.0.id())),
+                (LOAD_GENERATOR.into(), cpu::Who::Pid(std::process::id())),
+            ];
+            let ca_pem = tls.then_some(ca.pem.as_str());
+            targets::wait_serving(addr, ca_pem).await?;
+            let channels = Arc::new(targets::channels(addr, ca_pem, self.args.connections)?);
+            let target = if tls { "echo over TLS" } else { ECHO };
+            for load in self.closed_loads() {
+                self.measure(
+                    target,
+                    "echo",
+                    None,
+                    load,
+                    targets::echo_call(channels.clone()),
+                )
+                .await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes sure the attendance database `name` holds `rows` rows; returns its URL.
+    async fn attendance_database(&mut self, name: &str, rows: u64) -> Result<String> {
+        let args = &self.args;
         let label = format!(
-            "dev {} attendances={}",
-            serde_json::to_string(&args.sizes())?,
-            args.dev_attendances
+            "attendances rows={rows} seed={} window={}",
+            args.seed,
+            dataset::WINDOW_DAYS
         );
-        let label_path = dev_dir.join("bench-dataset");
-        if args.reload
+        let url = dataset::database_url(&args.postgres, name);
+        if !args.reload && dataset::label(&args.postgres, name).await? == Some(Some(label.clone()))
+        {
+            println!("reusing {name} ({label})");
+            self.loading.insert(
+                name.to_owned(),
+                serde_json::json!({ "rows": rows, "reused": true }),
+            );
+            return Ok(url);
+        }
+        println!("loading {rows} attendances into {name} (COPY)...");
+        dataset::recreate(&args.postgres, name).await?;
+        let seconds = dataset::attendances(&url, rows, args.seed, self.now).await?;
+        println!(
+            "  {rows} rows in {seconds:.1} s ({:.0} rows/s, indexes built after)",
+            rows as f64 / seconds
+        );
+        dataset::set_label(&args.postgres, name, &label).await?;
+        self.loading.insert(
+            name.to_owned(),
+            serde_json::json!({ "rows": rows, "seconds": seconds }),
+        );
+        Ok(url)
+    }
+
+    /// (b), (c): the production configuration, on PostgreSQL and Redis.
+    async fn production(&mut self) -> Result<()> {
+        let prefix = self.args.db_prefix.clone();
+        let postgres = self.args.postgres.clone();
+        let (access_db, flag_db) = (format!("{prefix}_access"), format!("{prefix}_flag"));
+        let (large, small) = (self.args.attendances, self.args.small_attendances);
+        let large_url = self
+            .attendance_database(&format!("{prefix}_attendance_{large}"), large)
+            .await?;
+        let small_url = self
+            .attendance_database(&format!("{prefix}_attendance_{small}"), small)
+            .await?;
+
+        let label = format!("registry {}", serde_json::to_string(&self.args.sizes())?);
+        let loaded = !self.args.reload
+            && dataset::label(&postgres, &flag_db).await? == Some(Some(label.clone()))
+            && dataset::label(&postgres, &access_db).await? == Some(Some(label.clone()));
+        if !loaded {
+            dataset::recreate(&postgres, &flag_db).await?;
+            dataset::recreate(&postgres, &access_db).await?;
+        }
+        let mut system = System::start(Options {
+            postgres: false,
+            public_tls: true,
+            database_urls: vec![
+                (
+                    "access-service",
+                    dataset::database_url(&postgres, &access_db),
+                ),
+                ("flag-service", dataset::database_url(&postgres, &flag_db)),
+                ("attendance-service", large_url),
+            ],
+            redis_url: Some(self.args.redis.clone()),
+        })
+        .await;
+        if loaded {
+            println!("reusing {flag_db} and {access_db} ({label})");
+        } else {
+            println!("loading organisations and flags through the gateway...");
+            let started = Instant::now();
+            let gateway = cpis_cli::connect::GatewayArgs {
+                gateway: format!("https://localhost:{}", system.gateway_addr().port()),
+                token: None,
+                ca_cert: Some(system.data_dir().join("internal-ca.pem")),
+                client_cert: None,
+                client_key: None,
+                deadline: Duration::from_secs(120),
+            };
+            let accepted =
+                dataset::organisations_and_flags(&self.dataset, gateway, &system.data_dir())
+                    .await?;
+            let seconds = started.elapsed().as_secs_f64();
+            println!("  {accepted} flags accepted in {seconds:.1} s");
+            dataset::set_label(&postgres, &flag_db, &label).await?;
+            dataset::set_label(&postgres, &access_db, &label).await?;
+            self.loading.insert(
+                "registry".into(),
+                serde_json::json!({ "flags": accepted, "seconds": seconds }),
+            );
+        }
+
+        let channels = targets::channels(
+            system.gateway_addr(),
+            Some(&system.ca.pem),
+            self.args.connections,
+        )?;
+        self.watch = production_processes(&system);
+        self.wal = Some(postgres.clone());
+        let mut loads = self.closed_loads();
+        loads.push(Load::Open {
+            rate: self.args.rate,
+        });
+        self.lookups_under(PRODUCTION, &channels, &system.data_dir(), large, &loads)
+            .await?;
+
+        // The same lookups against the small log: only the attendance database differs.
+        if self.args.runs("small-log") {
+            system.set_env("attendance-service", "CPIS_DATABASE_URL", &small_url);
+            system.restart("attendance-service").await;
+            self.watch = production_processes(&system);
+            let loads = [
+                Load::Closed { concurrency: 64 },
+                Load::Open {
+                    rate: self.args.rate,
+                },
+            ];
+            self.lookups_under(PRODUCTION, &channels, &system.data_dir(), small, &loads)
+                .await?;
+        }
+        self.wal = None;
+        Ok(())
+    }
+
+    /// (d) `cpis dev`: one process on SQLite, its dataset kept in the work directory.
+    async fn dev(&mut self) -> Result<()> {
+        let dir = self.work.join("dev");
+        let rows = self.args.dev_attendances;
+        let label = format!(
+            "dev {} attendances={rows}",
+            serde_json::to_string(&self.args.sizes())?
+        );
+        let label_path = dir.join("bench-dataset");
+        if self.args.reload
             || std::fs::read_to_string(&label_path).ok().as_deref() != Some(label.as_str())
         {
-            let _ = std::fs::remove_dir_all(&dev_dir);
-            std::fs::create_dir_all(&dev_dir)?;
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir)?;
             let started = Instant::now();
             {
-                let (_dev, addr) = start_dev(&dev_dir, &work).await?;
+                let (_dev, addr) = start_dev(&dir, &self.work).await?;
                 let gateway = cpis_cli::connect::GatewayArgs {
                     gateway: format!("http://{addr}"),
                     token: None,
@@ -471,53 +509,72 @@ async fn run(args: RunArgs) -> Result<()> {
                     client_key: None,
                     deadline: Duration::from_secs(120),
                 };
-                dataset::organisations_and_flags(&dataset, gateway, &dev_dir).await?;
+                dataset::organisations_and_flags(&self.dataset, gateway, &dir).await?;
             }
             let url = format!(
                 "sqlite://{}?mode=rwc",
-                dev_dir.join("attendance-service.db").display()
+                dir.join("attendance-service.db").display()
             );
-            println!(
-                "loading {} attendances into cpis dev's SQLite...",
-                args.dev_attendances
-            );
-            dataset::attendances(&url, args.dev_attendances, args.seed, now).await?;
+            println!("loading {rows} attendances into cpis dev's SQLite...");
+            dataset::attendances(&url, rows, self.args.seed, self.now).await?;
             std::fs::write(&label_path, &label)?;
             let seconds = started.elapsed().as_secs_f64();
             println!("  loaded in {seconds:.1} s");
-            loading.insert(
+            self.loading.insert(
                 "cpis dev".into(),
-                serde_json::json!({ "attendances": args.dev_attendances, "seconds": seconds }),
+                serde_json::json!({ "attendances": rows, "seconds": seconds }),
             );
         }
-        let (_dev, addr) = start_dev(&dev_dir, &work).await?;
-        let channels = targets::channels(addr, None, args.connections)?;
-        let lookups = lookups_for(args.dev_attendances)?;
-        for notifying in [false, true] {
-            let workload = workload_name(notifying);
-            let lookup = targets::Lookup::new(
-                &channels,
-                clinicians(&dataset, &dev_dir, notifying)?,
-                notifying,
-                lookups.clone(),
-                args.flagged_percent,
-            )?;
-            for &c in &args.concurrency {
-                let load = Load::Closed { concurrency: c };
-                let l = lookup.clone();
-                let m = measure(
-                    &mut clock,
-                    &args,
-                    &format!("cpis dev {workload}"),
-                    load,
-                    move |c, n| l.clone().call(c, n),
-                )
-                .await;
-                rows.push(row(DEV, workload, Some(args.dev_attendances), load, m));
-            }
-        }
+        let (dev, addr) = start_dev(&dir, &self.work).await?;
+        self.watch = vec![
+            ("cpis dev".into(), cpu::Who::Pid(dev.0.id())),
+            (LOAD_GENERATOR.into(), cpu::Who::Pid(std::process::id())),
+        ];
+        let channels = targets::channels(addr, None, self.args.connections)?;
+        let loads = self.closed_loads();
+        self.lookups_under(DEV, &channels, &dir, rows, &loads).await
     }
 
+    /// The PostgreSQL databases this run's prefix names.
+    fn databases(&self) -> Vec<String> {
+        let p = &self.args.db_prefix;
+        vec![
+            format!("{p}_access"),
+            format!("{p}_flag"),
+            format!("{p}_attendance_{}", self.args.attendances),
+            format!("{p}_attendance_{}", self.args.small_attendances),
+        ]
+    }
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let work = std::path::absolute(&args.work_dir)?;
+    std::fs::create_dir_all(&work)?;
+    let postgres_version = postgres_version(&args.postgres).await.unwrap_or_default();
+    let mut run = Run {
+        dataset: dataset::generate(args.sizes()),
+        args,
+        work,
+        now: chrono::Utc::now(),
+        rows: Vec::new(),
+        loading: serde_json::Map::new(),
+        timed: Duration::ZERO,
+        watch: Vec::new(),
+        wal: None,
+    };
+    if run.args.runs("echo") {
+        run.echo().await?;
+    }
+    if run.args.runs("production") {
+        run.production().await?;
+    }
+    if run.args.runs("dev") {
+        run.dev().await?;
+    }
+
+    let args = &run.args;
+    let dataset = &run.dataset;
     let mut report = Report {
         generated_at: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
         machine: machine(),
@@ -537,11 +594,11 @@ async fn run(args: RunArgs) -> Result<()> {
             "small_attendances": args.small_attendances,
             "dev_attendances": args.dev_attendances,
             "children_in_log": dataset::population(args.attendances).children.len(),
-            "loading": loading,
+            "loading": run.loading,
         }),
-        rows,
+        rows: run.rows.clone(),
         checks: Vec::new(),
-        measured_seconds: clock.0.as_secs_f64(),
+        measured_seconds: run.timed.as_secs_f64(),
     };
     report.fill_ratios();
     report.judge(args.attendances, args.small_attendances, args.rate);
@@ -557,42 +614,62 @@ async fn run(args: RunArgs) -> Result<()> {
     }
     println!(
         "measured part {:.0} s; wrote {}/benchmarks.{{json,md,svg}}",
-        clock.0.as_secs_f64(),
+        report.measured_seconds,
         args.out.display()
     );
-
     if args.drop_after {
-        for name in [
-            access_db,
-            flag_db,
-            attendance_db(args.attendances),
-            attendance_db(args.small_attendances),
-        ] {
+        for name in run.databases() {
             dataset::drop(&args.postgres, &name).await?;
         }
     }
     Ok(())
 }
 
-fn workload_name(notifying: bool) -> &'static str {
-    if notifying { "notifying" } else { "silent" }
+const LOAD_GENERATOR: &str = "load generator";
+
+/// The production configuration's processes: four services, PostgreSQL's backends, Redis
+/// and the load generator.
+fn production_processes(system: &System) -> Vec<(String, cpu::Who)> {
+    let mut watch: Vec<(String, cpu::Who)> = [
+        "gateway",
+        "access-service",
+        "flag-service",
+        "attendance-service",
+    ]
+    .into_iter()
+    .map(|name| (name.to_owned(), cpu::Who::Pid(system.pid(name))))
+    .collect();
+    watch.push(("postgres".into(), cpu::Who::Command("postgres")));
+    watch.push(("redis".into(), cpu::Who::Command("redis-server")));
+    watch.push((LOAD_GENERATOR.into(), cpu::Who::Pid(std::process::id())));
+    watch
 }
 
-fn row(
-    target: &'static str,
-    workload: &'static str,
-    attendances: Option<u64>,
-    load: Load,
-    measured: Measured,
-) -> Row {
-    Row {
-        target,
-        workload,
-        attendances,
-        load,
-        measured,
-        ratio_to_echo: None,
-    }
+/// WAL bytes PostgreSQL wrote between `warmup` and `warmup + duration` (`pg_stat_wal`,
+/// server-wide: run the bench when nothing else writes).
+async fn wal_window(url: String, warmup: Duration, duration: Duration) -> Option<f64> {
+    use sea_orm::ConnectionTrait;
+    let db = sea_orm::Database::connect(&url).await.ok()?;
+    let read = || async {
+        let row = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                "SELECT wal_bytes::float8 FROM pg_stat_wal",
+            ))
+            .await
+            .ok()??;
+        row.try_get_by_index::<f64>(0).ok()
+    };
+    tokio::time::sleep(warmup).await;
+    let before = read().await?;
+    tokio::time::sleep(duration).await;
+    let after = read().await?;
+    let _ = db.close().await;
+    Some(after - before)
+}
+
+fn workload_name(notifying: bool) -> &'static str {
+    if notifying { "notifying" } else { "silent" }
 }
 
 /// Up to 64 clinicians, one per trust in turn, with tokens for one kind of lookup signed by

@@ -5,6 +5,7 @@
 
 use crate::load::Measured;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -37,6 +38,10 @@ pub struct Row {
     pub measured: Measured,
     /// Throughput divided by the plaintext echo's at the same concurrency.
     pub ratio_to_echo: Option<f64>,
+    /// CPU milliseconds per call in the timed window, by process.
+    pub cpu_ms_per_call: BTreeMap<String, f64>,
+    /// PostgreSQL WAL written per call in the timed window (production only).
+    pub wal_bytes_per_call: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -247,9 +252,65 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "\n![Throughput and p99 latency by concurrency]({svg_name})\n\n{END}"
+            "\n![Throughput and p99 latency by concurrency]({svg_name})\n"
         );
+        self.cpu_table(&mut s);
+        let _ = writeln!(s, "{END}");
         s
+    }
+
+    /// CPU per call by process, and WAL per call: the per-request costs capacity.md uses.
+    fn cpu_table(&self, s: &mut String) {
+        let mut processes: Vec<&str> = Vec::new();
+        for r in &self.rows {
+            for p in r.cpu_ms_per_call.keys() {
+                if !processes.contains(&p.as_str()) {
+                    processes.push(p);
+                }
+            }
+        }
+        if processes.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "### CPU per call (ms, user + system, timed window) and WAL per call\n"
+        );
+        let _ = writeln!(
+            s,
+            "| target | workload | attendances | load | {} | total | WAL bytes |",
+            processes.join(" | ")
+        );
+        let _ = writeln!(
+            s,
+            "|---|---|---:|---|{}---:|---:|",
+            "---:|".repeat(processes.len())
+        );
+        for r in self.rows.iter().filter(|r| !r.cpu_ms_per_call.is_empty()) {
+            let cells: Vec<String> = processes
+                .iter()
+                .map(|p| {
+                    r.cpu_ms_per_call
+                        .get(*p)
+                        .map(|v| format!("{v:.3}"))
+                        .unwrap_or_default()
+                })
+                .collect();
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {:.3} | {} |",
+                r.target,
+                r.workload,
+                r.attendances.map(|a| a.to_string()).unwrap_or_default(),
+                r.load.label(),
+                cells.join(" | "),
+                r.cpu_ms_per_call.values().sum::<f64>(),
+                r.wal_bytes_per_call
+                    .map(|w| format!("{w:.0}"))
+                    .unwrap_or_default()
+            );
+        }
+        s.push('\n');
     }
 
     /// Two panels, both on log scales: throughput and p99 by concurrency, one line per
@@ -387,7 +448,6 @@ const END: &str = "<!-- cpis-bench:end -->";
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     fn row(target: &'static str, workload: &'static str, c: usize, throughput: f64) -> Row {
         Row {
@@ -407,6 +467,8 @@ mod tests {
                 max_ms: 4.0,
             },
             ratio_to_echo: None,
+            cpu_ms_per_call: BTreeMap::from([("gateway".to_owned(), 0.25)]),
+            wal_bytes_per_call: None,
         }
     }
 
@@ -449,6 +511,10 @@ mod tests {
         assert!(md.contains("prose before") && md.contains("prose after"));
         assert!(!md.contains("\nold\n"));
         assert!(md.contains("| production | silent | 100 | c=64 | 2500 |"));
+        assert!(
+            md.contains("| production | silent | 100 | c=64 | 0.250 | 0.250 |  |"),
+            "{md}"
+        );
         let svg = std::fs::read_to_string(dir.path().join("chart.svg")).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("polyline"));
     }

@@ -1,0 +1,78 @@
+//! The benchmark's smoke run (CI): the whole measurement on a tiny dataset with short
+//! windows, against the test PostgreSQL and Redis. It proves the command works end to end —
+//! every target started, every row measured with every answer checked, the report written —
+//! not how fast anything is (figures belong to `docs/benchmarks.md`, from a release build).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+#[test]
+fn the_smoke_run_measures_every_target_and_every_answer_is_right() {
+    let (Ok(postgres), Ok(redis)) = (
+        std::env::var("CPIS_TEST_POSTGRES_URL"),
+        std::env::var("CPIS_TEST_REDIS_URL"),
+    ) else {
+        eprintln!("skipped: CPIS_TEST_POSTGRES_URL and CPIS_TEST_REDIS_URL are not set");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("docs");
+    let output = Command::new(cpis_tests::binary("cpis-bench"))
+        .args(["run", "--smoke", "--drop-after", "--postgres", &postgres, "--redis", &redis])
+        .args(["--db-prefix", &format!("cpis_smoke_{}", std::process::id())])
+        .arg("--work-dir")
+        .arg(dir.path().join("work"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "cpis-bench failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("benchmarks.json")).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    for (target, workload) in [
+        ("echo", "echo"),
+        ("echo over TLS", "echo"),
+        ("production", "silent"),
+        ("production", "notifying"),
+        ("cpis dev", "silent"),
+        ("cpis dev", "notifying"),
+    ] {
+        let mine: Vec<_> = rows
+            .iter()
+            .filter(|r| r["target"] == target && r["workload"] == workload)
+            .collect();
+        assert!(!mine.is_empty(), "no {target} {workload} rows:\n{stdout}");
+        for r in mine {
+            assert!(r["ok"].as_u64().unwrap() > 0, "{r}");
+            assert_eq!(
+                r["errors"],
+                serde_json::json!({}),
+                "wrong answers or failed calls: {r}"
+            );
+        }
+    }
+    // Both log sizes, closed and open loops, and a ratio to the echo on every closed row.
+    assert!(rows.iter().any(|r| r["attendances"] == 2000));
+    assert!(rows.iter().any(|r| r["mode"] == "open"));
+    assert!(
+        rows.iter()
+            .filter(|r| r["mode"] == "closed")
+            .all(|r| r["ratio_to_echo"].as_f64().is_some())
+    );
+    assert_eq!(report["checks"].as_array().unwrap().len(), 6);
+    let markdown = std::fs::read_to_string(out.join("benchmarks.md")).unwrap();
+    assert!(markdown.contains("| production | notifying |"), "{markdown}");
+    assert!(
+        std::fs::read_to_string(out.join("benchmarks.svg"))
+            .unwrap()
+            .contains("<polyline")
+    );
+}
