@@ -247,7 +247,8 @@ async fn drop_sqlite_indexes(db: &DatabaseConnection) -> Result<Vec<String>> {
     for row in indexes {
         let name: String = row.try_get_by_index(0)?;
         rebuild.push(row.try_get_by_index::<String>(1)?);
-        db.execute_unprepared(&format!("DROP INDEX \"{name}\"")).await?;
+        db.execute_unprepared(&format!("DROP INDEX \"{name}\""))
+            .await?;
     }
     Ok(rebuild)
 }

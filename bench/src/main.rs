@@ -137,6 +137,7 @@ impl RunArgs {
         self.small_attendances = self.small_attendances.min(2_000);
         self.dev_attendances = self.dev_attendances.min(20_000);
         self.concurrency = vec![1, 64];
+        self.connections = 2;
         self.warmup = self.warmup.min(0.3);
         self.duration = self.duration.min(1.0);
         self.rate = self.rate.min(100.0);
@@ -472,6 +473,7 @@ impl Run {
             system.restart("attendance-service").await;
             self.watch = production_processes(&system);
             let loads = [
+                Load::Closed { concurrency: 1 },
                 Load::Closed { concurrency: 64 },
                 Load::Open {
                     rate: self.args.rate,

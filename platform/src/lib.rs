@@ -28,4 +28,10 @@ pub mod testing;
 pub mod tls;
 pub mod wire;
 
+/// Every binary built on this crate allocates with mimalloc: under load glibc's allocator was
+/// the largest single cost outside PostgreSQL (malloc, free and consolidation, 13% of the
+/// machine's CPU in the profile behind docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub use error::{Error, Result};
