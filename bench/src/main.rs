@@ -39,7 +39,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Load the dataset (unless already loaded) and measure every target.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// The echo server the run starts (a process of its own, like every target).
     EchoServer {
         #[arg(long)]
@@ -107,9 +107,11 @@ struct RunArgs {
     /// Timed seconds of each measurement.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
-    /// The fixed rate (calls a second) of the open-loop measurements.
-    #[arg(long, default_value_t = 1000.0)]
-    rate: f64,
+    /// Fixed rates (calls a second) of the open-loop measurements on the production
+    /// configuration; the first is the one the p99 target is judged at (250/s is ten times
+    /// England's peak, docs/capacity.md).
+    #[arg(long, value_delimiter = ',', default_value = "1000,250")]
+    rates: Vec<f64>,
     /// Load the dataset again even when a loaded one is found.
     #[arg(long)]
     reload: bool,
@@ -140,7 +142,7 @@ impl RunArgs {
         self.connections = 2;
         self.warmup = self.warmup.min(0.3);
         self.duration = self.duration.min(1.0);
-        self.rate = self.rate.min(100.0);
+        self.rates = vec![100.0];
         self.flagged_percent = 20.0;
         self
     }
@@ -183,6 +185,7 @@ fn main() -> Result<()> {
                 echo::serve(listen, tls).await
             }
             Command::Run(args) => {
+                let args = *args;
                 let args = if args.smoke { args.smoke() } else { args };
                 run(args).await
             }
@@ -461,9 +464,7 @@ impl Run {
         self.watch = production_processes(&system);
         self.wal = Some(postgres.clone());
         let mut loads = self.closed_loads();
-        loads.push(Load::Open {
-            rate: self.args.rate,
-        });
+        loads.extend(self.args.rates.iter().map(|&rate| Load::Open { rate }));
         self.lookups_under(PRODUCTION, &channels, &system.data_dir(), large, &loads)
             .await?;
 
@@ -475,9 +476,6 @@ impl Run {
             let loads = [
                 Load::Closed { concurrency: 1 },
                 Load::Closed { concurrency: 64 },
-                Load::Open {
-                    rate: self.args.rate,
-                },
             ];
             self.lookups_under(PRODUCTION, &channels, &system.data_dir(), small, &loads)
                 .await?;
@@ -584,8 +582,16 @@ async fn run(args: RunArgs) -> Result<()> {
         command,
         postgres: postgres_version,
         settings: format!(
-            "{} HTTP/2 connections per target; {} s warm-up then {} s timed per row; open loop at {}/s; {}% of lookups of a flagged child; every answer checked (flagged as expected, attendance available)",
-            args.connections, args.warmup, args.duration, args.rate, args.flagged_percent
+            "{} HTTP/2 connections per target; {} s warm-up then {} s timed per row; open loops at {}; {}% of lookups of a flagged child; every answer checked (flagged as expected, attendance available)",
+            args.connections,
+            args.warmup,
+            args.duration,
+            args.rates
+                .iter()
+                .map(|r| format!("{r:.0}/s"))
+                .collect::<Vec<_>>()
+                .join(" and "),
+            args.flagged_percent
         ),
         dataset: serde_json::json!({
             "local_authorities": dataset.local_authorities.len(),
@@ -603,7 +609,11 @@ async fn run(args: RunArgs) -> Result<()> {
         measured_seconds: run.timed.as_secs_f64(),
     };
     report.fill_ratios();
-    report.judge(args.attendances, args.small_attendances, args.rate);
+    report.judge(
+        args.attendances,
+        args.small_attendances,
+        args.rates.first().copied().unwrap_or(1000.0),
+    );
     report.write(&args.out, "benchmarks.svg")?;
     println!();
     for check in &report.checks {

@@ -19,7 +19,15 @@ fn the_smoke_run_measures_every_target_and_every_answer_is_right() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("docs");
     let output = Command::new(cpis_tests::binary("cpis-bench"))
-        .args(["run", "--smoke", "--drop-after", "--postgres", &postgres, "--redis", &redis])
+        .args([
+            "run",
+            "--smoke",
+            "--drop-after",
+            "--postgres",
+            &postgres,
+            "--redis",
+            &redis,
+        ])
         .args(["--db-prefix", &format!("cpis_smoke_{}", std::process::id())])
         .arg("--work-dir")
         .arg(dir.path().join("work"))
@@ -61,15 +69,18 @@ fn the_smoke_run_measures_every_target_and_every_answer_is_right() {
     }
     // Both log sizes, closed and open loops, and a ratio to the echo on every closed row.
     assert!(rows.iter().any(|r| r["attendances"] == 2000));
-    assert!(rows.iter().any(|r| r["mode"] == "open"));
+    assert!(rows.iter().any(|r| r["load"]["mode"] == "open"));
     assert!(
         rows.iter()
-            .filter(|r| r["mode"] == "closed")
+            .filter(|r| r["load"]["mode"] == "closed")
             .all(|r| r["ratio_to_echo"].as_f64().is_some())
     );
     assert_eq!(report["checks"].as_array().unwrap().len(), 6);
     let markdown = std::fs::read_to_string(out.join("benchmarks.md")).unwrap();
-    assert!(markdown.contains("| production | notifying |"), "{markdown}");
+    assert!(
+        markdown.contains("| production | notifying |"),
+        "{markdown}"
+    );
     assert!(
         std::fs::read_to_string(out.join("benchmarks.svg"))
             .unwrap()
