@@ -18,7 +18,7 @@ use attendance_service::synthetic::{self, Population, Rng, Rows, lookup_id};
 use chrono::{DateTime, Utc};
 use clap::Parser;
 use platform::domain::{OdsCode, SettingType};
-use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use std::time::Instant;
 
 #[derive(Parser, Debug)]
@@ -68,40 +68,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-async fn create_database(server: &str, name: &str) -> Result<String> {
-    let admin = Database::connect(server)
-        .await
-        .context("connect to server")?;
-    for sql in [
-        format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
-        format!("CREATE DATABASE \"{name}\""),
-    ] {
-        admin
-            .execute_raw(Statement::from_string(DbBackend::Postgres, sql))
-            .await?;
-    }
-    admin.close().await?;
-    Ok(platform::testing::with_database(server, name))
-}
-
-async fn drop_database(server: &str, name: &str) -> Result<()> {
-    let admin = Database::connect(server)
-        .await
-        .context("connect to server")?;
-    admin
-        .execute_raw(Statement::from_string(
-            DbBackend::Postgres,
-            format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
-        ))
-        .await?;
-    admin.close().await?;
-    Ok(())
-}
-
 /// Creates, migrates and bulk-loads one database of `rows` attendances.
 async fn load(server: &str, rows: u64, args: &Args) -> Result<Loaded> {
     let name = format!("cpis_bench_attendance_{rows}");
-    let url = create_database(server, &name).await?;
+    platform::testing::recreate_database(server, &name).await?;
+    let url = platform::testing::with_database(server, &name);
     platform::database::migrate::<Migrator>(&url, attendance_service::NAME).await?;
     let db = platform::database::connect(&url).await?;
     let now = Utc::now();
@@ -294,7 +265,7 @@ async fn main() -> Result<()> {
     for loaded in sizes {
         loaded.db.close().await?;
         if !args.keep {
-            drop_database(&server, &loaded.name).await?;
+            platform::testing::drop_database(&server, &loaded.name).await?;
         }
     }
     Ok(())

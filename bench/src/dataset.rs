@@ -78,11 +78,6 @@ impl Lookups {
     }
 }
 
-/// The database URL `name` on the server of `server_url`.
-pub fn database_url(server_url: &str, name: &str) -> String {
-    platform::testing::with_database(server_url, name)
-}
-
 async fn admin(server_url: &str) -> Result<DatabaseConnection> {
     Database::connect(server_url).await.with_context(|| {
         format!(
@@ -116,27 +111,6 @@ pub async fn set_label(server_url: &str, name: &str, label: &str) -> Result<()> 
         label.replace('\'', "''")
     ))
     .await?;
-    db.close().await?;
-    Ok(())
-}
-
-/// Drops (if present) and creates database `name`.
-pub async fn recreate(server_url: &str, name: &str) -> Result<()> {
-    let db = admin(server_url).await?;
-    for sql in [
-        format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
-        format!("CREATE DATABASE \"{name}\""),
-    ] {
-        db.execute_unprepared(&sql).await?;
-    }
-    db.close().await?;
-    Ok(())
-}
-
-pub async fn drop(server_url: &str, name: &str) -> Result<()> {
-    let db = admin(server_url).await?;
-    db.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .await?;
     db.close().await?;
     Ok(())
 }

@@ -248,10 +248,7 @@ impl Run {
         println!(
             "{:<42} {:>8} {:>9.0}/s p50 {:>7.2} p90 {:>7.2} p99 {:>7.2} max {:>8.1} ms errors {:?}",
             format!("{target} {workload}{log}"),
-            match load {
-                Load::Closed { concurrency } => format!("c={concurrency}"),
-                Load::Open { rate } => format!("{rate:.0}/s"),
-            },
+            load.label(),
             measured.throughput,
             measured.p50_ms,
             measured.p90_ms,
@@ -370,7 +367,7 @@ impl Run {
             args.seed,
             dataset::WINDOW_DAYS
         );
-        let url = dataset::database_url(&args.postgres, name);
+        let url = platform::testing::with_database(&args.postgres, name);
         if !args.reload && dataset::label(&args.postgres, name).await? == Some(Some(label.clone()))
         {
             println!("reusing {name} ({label})");
@@ -381,7 +378,7 @@ impl Run {
             return Ok(url);
         }
         println!("loading {rows} attendances into {name} (COPY)...");
-        dataset::recreate(&args.postgres, name).await?;
+        platform::testing::recreate_database(&args.postgres, name).await?;
         let seconds = dataset::attendances(&url, rows, args.seed, self.now).await?;
         println!(
             "  {rows} rows in {seconds:.1} s ({:.0} rows/s, indexes built after)",
@@ -413,8 +410,8 @@ impl Run {
             && dataset::label(&postgres, &flag_db).await? == Some(Some(label.clone()))
             && dataset::label(&postgres, &access_db).await? == Some(Some(label.clone()));
         if !loaded {
-            dataset::recreate(&postgres, &flag_db).await?;
-            dataset::recreate(&postgres, &access_db).await?;
+            platform::testing::recreate_database(&postgres, &flag_db).await?;
+            platform::testing::recreate_database(&postgres, &access_db).await?;
         }
         let mut system = System::start(Options {
             postgres: false,
@@ -422,9 +419,12 @@ impl Run {
             database_urls: vec![
                 (
                     "access-service",
-                    dataset::database_url(&postgres, &access_db),
+                    platform::testing::with_database(&postgres, &access_db),
                 ),
-                ("flag-service", dataset::database_url(&postgres, &flag_db)),
+                (
+                    "flag-service",
+                    platform::testing::with_database(&postgres, &flag_db),
+                ),
                 ("attendance-service", large_url),
             ],
             redis_url: Some(self.args.redis.clone()),
@@ -631,7 +631,7 @@ async fn run(args: RunArgs) -> Result<()> {
     );
     if args.drop_after {
         for name in run.databases() {
-            dataset::drop(&args.postgres, &name).await?;
+            platform::testing::drop_database(&args.postgres, &name).await?;
         }
     }
     Ok(())

@@ -19,7 +19,7 @@ pub enum Load {
 }
 
 impl Load {
-    fn label(&self) -> String {
+    pub fn label(&self) -> String {
         match self {
             Load::Closed { concurrency } => format!("c={concurrency}"),
             Load::Open { rate } => format!("{rate:.0}/s"),

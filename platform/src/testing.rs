@@ -89,17 +89,9 @@ pub fn sqlite() -> TestDatabase {
 pub async fn postgres(prefix: &str) -> Option<TestDatabase> {
     let server = postgres_server_url()?;
     let name = unique_name(prefix);
-    let admin = Database::connect(&server)
+    recreate_database(&server, &name)
         .await
-        .expect("connect to CPIS_TEST_POSTGRES_URL");
-    admin
-        .execute_raw(Statement::from_string(
-            DbBackend::Postgres,
-            format!("CREATE DATABASE \"{name}\""),
-        ))
-        .await
-        .expect("create test database");
-    let _ = admin.close().await;
+        .expect("create a test database on CPIS_TEST_POSTGRES_URL");
     let url = with_database(&server, &name);
     Some(TestDatabase {
         url,
@@ -114,6 +106,39 @@ pub async fn all(prefix: &str) -> Vec<TestDatabase> {
     let mut dbs = vec![sqlite()];
     dbs.extend(postgres(prefix).await);
     dbs
+}
+
+/// Runs `statements` on the PostgreSQL server of `server_url`, outside any transaction
+/// (CREATE and DROP DATABASE cannot run in one).
+async fn administer(server_url: &str, statements: &[String]) -> Result<(), sea_orm::DbErr> {
+    let admin = Database::connect(server_url).await?;
+    for sql in statements {
+        admin
+            .execute_raw(Statement::from_string(DbBackend::Postgres, sql.clone()))
+            .await?;
+    }
+    admin.close().await
+}
+
+/// Creates database `name` on the server of `server_url`, dropping it first if it exists.
+pub async fn recreate_database(server_url: &str, name: &str) -> Result<(), sea_orm::DbErr> {
+    administer(
+        server_url,
+        &[
+            format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+            format!("CREATE DATABASE \"{name}\""),
+        ],
+    )
+    .await
+}
+
+/// Drops database `name` (if it exists) on the server of `server_url`.
+pub async fn drop_database(server_url: &str, name: &str) -> Result<(), sea_orm::DbErr> {
+    administer(
+        server_url,
+        &[format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")],
+    )
+    .await
 }
 
 /// Replaces the database name of a server URL (`postgres://u@h:5432/test` → `.../name`).
@@ -147,15 +172,7 @@ impl Drop for TestDatabase {
                 return;
             };
             rt.block_on(async move {
-                if let Ok(admin) = Database::connect(&server).await {
-                    let _ = admin
-                        .execute_raw(Statement::from_string(
-                            DbBackend::Postgres,
-                            format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
-                        ))
-                        .await;
-                    let _ = admin.close().await;
-                }
+                let _ = drop_database(&server, &name).await;
             });
         })
         .join();
