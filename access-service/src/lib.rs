@@ -24,10 +24,8 @@ pub use handlers::Handlers;
 
 use audit::checkpoint::CheckpointSigner;
 use decide::AccessDecisions;
-use platform::config::{DatabaseArgs, LogArgs};
-use platform::runtime::{Backend, Component};
-use platform::server::Running;
-use platform::shutdown::Shutdown;
+use platform::config::ServeArgs;
+use platform::runtime::{BackendContext, BackendService};
 use std::net::SocketAddr;
 use tonic::service::Routes;
 
@@ -37,43 +35,32 @@ pub const DEFAULT_LISTEN: SocketAddr =
 
 pub struct AccessService;
 
-impl Component for AccessService {
+impl BackendService for AccessService {
     const NAME: &'static str = NAME;
     const ABOUT: &'static str = "Access decisions, organisations, systems, the obligations outbox and the hash-chained audit log";
+    const DEFAULT_LISTEN: SocketAddr = DEFAULT_LISTEN;
+    const SERVICES: &'static [&'static str] = &[cpis_proto::service_names::ACCESS_CONTROL];
+    type Migrator = migration::Migrator;
     type Args = AccessArgs;
 
-    async fn start(args: AccessArgs, shutdown: Shutdown) -> platform::Result<Running> {
+    fn serve_args(args: &AccessArgs) -> &ServeArgs {
+        &args.serve
+    }
+
+    fn routes(args: &AccessArgs, context: BackendContext) -> platform::Result<Routes> {
         // A bad key file stops the start at once, with the path in the message.
         let signer = CheckpointSigner::load_or_create(
             args.audit_signing_key_file.as_deref(),
             &args.serve.database.data_dir,
         )?;
-        let backend = Backend::<migration::Migrator> {
-            name: NAME,
-            default_listen: DEFAULT_LISTEN,
-            services: vec![cpis_proto::service_names::ACCESS_CONTROL],
-            migrator: std::marker::PhantomData,
-        };
-        backend
-            .start(&args.serve, shutdown, |context| {
-                let decisions = AccessDecisions::spawn(context.db.clone());
-                Routes::new(
-                    cpis_proto::access::access_control_server::AccessControlServer::new(Handlers {
-                        context,
-                        decisions,
-                        signer,
-                    })
-                    .max_decoding_message_size(platform::server::MAX_MESSAGE_BYTES),
-                )
+        let decisions = AccessDecisions::spawn(context.db.clone());
+        Ok(Routes::new(
+            cpis_proto::access::access_control_server::AccessControlServer::new(Handlers {
+                context,
+                decisions,
+                signer,
             })
-            .await
-    }
-
-    async fn migrate(args: DatabaseArgs) -> platform::Result<()> {
-        platform::runtime::migrate::<migration::Migrator>(NAME, &args).await
-    }
-
-    fn log_args(args: &AccessArgs) -> &LogArgs {
-        &args.serve.log
+            .max_decoding_message_size(platform::server::MAX_MESSAGE_BYTES),
+        ))
     }
 }

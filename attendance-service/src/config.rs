@@ -14,6 +14,10 @@ pub struct AttendanceArgs {
     pub retention: RetentionArgs,
 }
 
+const DEFAULT_RETENTION_DAYS: u32 = 400;
+const DEFAULT_PURGE_INTERVAL_SECONDS: u64 = 3600;
+const DEFAULT_PURGE_BATCH_SIZE: u64 = 5000;
+
 /// How long attendances are kept and how the purge paces itself.
 #[derive(Args, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetentionArgs {
@@ -22,7 +26,7 @@ pub struct RetentionArgs {
     #[arg(
         long,
         env = "CPIS_ATTENDANCE_RETENTION_DAYS",
-        default_value_t = 400,
+        default_value_t = DEFAULT_RETENTION_DAYS,
         value_parser = clap::value_parser!(u32).range(366..)
     )]
     pub retention_days: u32,
@@ -31,7 +35,7 @@ pub struct RetentionArgs {
     #[arg(
         long,
         env = "CPIS_ATTENDANCE_PURGE_INTERVAL_SECONDS",
-        default_value_t = 3600,
+        default_value_t = DEFAULT_PURGE_INTERVAL_SECONDS,
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub purge_interval_seconds: u64,
@@ -41,7 +45,7 @@ pub struct RetentionArgs {
     #[arg(
         long,
         env = "CPIS_ATTENDANCE_PURGE_BATCH_SIZE",
-        default_value_t = 5000,
+        default_value_t = DEFAULT_PURGE_BATCH_SIZE,
         value_parser = clap::value_parser!(u64).range(1..=100_000)
     )]
     pub purge_batch_size: u64,
@@ -50,9 +54,9 @@ pub struct RetentionArgs {
 impl Default for RetentionArgs {
     fn default() -> Self {
         RetentionArgs {
-            retention_days: 400,
-            purge_interval_seconds: 3600,
-            purge_batch_size: 5000,
+            retention_days: DEFAULT_RETENTION_DAYS,
+            purge_interval_seconds: DEFAULT_PURGE_INTERVAL_SECONDS,
+            purge_batch_size: DEFAULT_PURGE_BATCH_SIZE,
         }
     }
 }

@@ -20,10 +20,8 @@ pub mod synthetic;
 pub use config::{AttendanceArgs, RetentionArgs};
 pub use handlers::Handlers;
 
-use platform::config::{DatabaseArgs, LogArgs};
-use platform::runtime::{Backend, Component};
-use platform::server::Running;
-use platform::shutdown::Shutdown;
+use platform::config::ServeArgs;
+use platform::runtime::{BackendContext, BackendService};
 use std::net::SocketAddr;
 use tonic::service::Routes;
 
@@ -33,48 +31,34 @@ pub const DEFAULT_LISTEN: SocketAddr =
 
 pub struct AttendanceService;
 
-impl Component for AttendanceService {
+impl BackendService for AttendanceService {
     const NAME: &'static str = NAME;
     const ABOUT: &'static str =
         "The unscheduled-care attendance log: recording and summarising attendances";
+    const DEFAULT_LISTEN: SocketAddr = DEFAULT_LISTEN;
+    const SERVICES: &'static [&'static str] = &[cpis_proto::service_names::ATTENDANCE_LOG];
+    type Migrator = migration::Migrator;
     type Args = AttendanceArgs;
 
-    async fn start(args: AttendanceArgs, shutdown: Shutdown) -> platform::Result<Running> {
-        let backend = Backend::<migration::Migrator> {
-            name: NAME,
-            default_listen: DEFAULT_LISTEN,
-            services: vec![cpis_proto::service_names::ATTENDANCE_LOG],
-            migrator: std::marker::PhantomData,
-        };
-        let mut context = None;
-        let running = backend
-            .start(&args.serve, shutdown, |ctx| {
-                context = Some(ctx.clone());
-                Routes::new(
-                    cpis_proto::attendance::attendance_log_server::AttendanceLogServer::new(
-                        Handlers::new(ctx),
-                    )
-                    .max_decoding_message_size(platform::server::MAX_MESSAGE_BYTES),
-                )
-            })
-            .await?;
-        // Only once serving: a start that failed leaves no purge behind.
-        if let Some(ctx) = context {
-            tokio::spawn(retention::run(
-                storage::Attendances::new(ctx.db),
-                args.retention,
-                ctx.readiness,
-                ctx.shutdown,
-            ));
-        }
-        Ok(running)
+    fn serve_args(args: &AttendanceArgs) -> &ServeArgs {
+        &args.serve
     }
 
-    async fn migrate(args: DatabaseArgs) -> platform::Result<()> {
-        platform::runtime::migrate::<migration::Migrator>(NAME, &args).await
+    fn routes(_: &AttendanceArgs, context: BackendContext) -> platform::Result<Routes> {
+        Ok(Routes::new(
+            cpis_proto::attendance::attendance_log_server::AttendanceLogServer::new(
+                Handlers::new(context),
+            )
+            .max_decoding_message_size(platform::server::MAX_MESSAGE_BYTES),
+        ))
     }
 
-    fn log_args(args: &AttendanceArgs) -> &LogArgs {
-        &args.serve.log
+    fn serving(args: &AttendanceArgs, context: BackendContext) {
+        tokio::spawn(retention::run(
+            storage::Attendances::new(context.db),
+            args.retention,
+            context.readiness,
+            context.shutdown,
+        ));
     }
 }

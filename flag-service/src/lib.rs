@@ -22,10 +22,8 @@ pub mod storage;
 use cache::FlagCache;
 use feed::NotificationFeed;
 use handlers::Handlers;
-use platform::config::{DatabaseArgs, LogArgs, ServeArgs};
-use platform::runtime::{Backend, BackendContext, Component};
-use platform::server::Running;
-use platform::shutdown::Shutdown;
+use platform::config::ServeArgs;
+use platform::runtime::{BackendContext, BackendService};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -37,6 +35,8 @@ pub const DEFAULT_LISTEN: SocketAddr =
 
 /// Staged records older than this belong to an upload whose process died: removed at start.
 const STALE_STAGING: Duration = Duration::from_secs(15 * 60);
+
+const DEFAULT_CACHE_PREFIX: &str = "cpis:flags";
 
 /// flag-service's configuration: the common serving flags plus its cache mode.
 #[derive(clap::Args, Debug, Clone)]
@@ -50,7 +50,7 @@ pub struct FlagArgs {
     pub local_cache: bool,
 
     /// Prefix of this registry's Redis keys, for deployments sharing one Redis.
-    #[arg(long, env = "CPIS_FLAG_CACHE_PREFIX", default_value = "cpis:flags")]
+    #[arg(long, env = "CPIS_FLAG_CACHE_PREFIX", default_value = DEFAULT_CACHE_PREFIX)]
     pub cache_prefix: String,
 }
 
@@ -60,7 +60,7 @@ impl FlagArgs {
         FlagArgs {
             serve: ServeArgs::embedded(data_dir),
             local_cache: true,
-            cache_prefix: "cpis:flags".into(),
+            cache_prefix: DEFAULT_CACHE_PREFIX.into(),
         }
     }
 
@@ -75,41 +75,32 @@ impl FlagArgs {
 
 pub struct FlagService;
 
-impl Component for FlagService {
+impl BackendService for FlagService {
     const NAME: &'static str = NAME;
     const ABOUT: &'static str = "The registry of child protection flags: uploads, visibility, restrictions, notification outbox";
+    const DEFAULT_LISTEN: SocketAddr = DEFAULT_LISTEN;
+    const SERVICES: &'static [&'static str] = &[cpis_proto::service_names::FLAG_REGISTRY];
+    type Migrator = migration::Migrator;
     type Args = FlagArgs;
 
-    async fn start(args: FlagArgs, shutdown: Shutdown) -> platform::Result<Running> {
-        let backend = Backend::<migration::Migrator> {
-            name: NAME,
-            default_listen: DEFAULT_LISTEN,
-            services: vec![cpis_proto::service_names::FLAG_REGISTRY],
-            migrator: std::marker::PhantomData,
-        };
-        let cache = args.cache();
-        backend
-            .start(&args.serve, shutdown, |context| {
-                tokio::spawn(clean_stale_staging(context.clone()));
-                tokio::spawn(measure_backlogs(context.clone()));
-                Routes::new(
-                    cpis_proto::flag::flag_registry_server::FlagRegistryServer::new(Handlers {
-                        context,
-                        cache,
-                        feed: NotificationFeed::default(),
-                    })
-                    .max_decoding_message_size(platform::server::MAX_MESSAGE_BYTES),
-                )
+    fn serve_args(args: &FlagArgs) -> &ServeArgs {
+        &args.serve
+    }
+
+    fn routes(args: &FlagArgs, context: BackendContext) -> platform::Result<Routes> {
+        Ok(Routes::new(
+            cpis_proto::flag::flag_registry_server::FlagRegistryServer::new(Handlers {
+                context,
+                cache: args.cache(),
+                feed: NotificationFeed::default(),
             })
-            .await
+            .max_decoding_message_size(platform::server::MAX_MESSAGE_BYTES),
+        ))
     }
 
-    async fn migrate(args: DatabaseArgs) -> platform::Result<()> {
-        platform::runtime::migrate::<migration::Migrator>(NAME, &args).await
-    }
-
-    fn log_args(args: &FlagArgs) -> &LogArgs {
-        &args.serve.log
+    fn serving(_: &FlagArgs, context: BackendContext) {
+        tokio::spawn(clean_stale_staging(context.clone()));
+        tokio::spawn(measure_backlogs(context));
     }
 }
 

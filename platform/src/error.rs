@@ -34,8 +34,6 @@ pub enum Error {
     PermissionDenied { reason: DenyReason, message: String },
     #[error("not found: {0}")]
     NotFound(String),
-    #[error("already exists: {0}")]
-    AlreadyExists(String),
     #[error("failed precondition: {0}")]
     FailedPrecondition(String),
     /// A dependency (database, cache, backend) cannot answer now; the caller may retry.
@@ -44,9 +42,13 @@ pub enum Error {
         dependency: String,
         retry_after: Duration,
     },
-    /// Load shed or a limit reached.
-    #[error("resource exhausted: {0}")]
-    ResourceExhausted(String),
+    /// Load shed or a limit reached; `reason` is the ErrorInfo reason (stable,
+    /// machine-readable), `message` what a person reads.
+    #[error("resource exhausted: {message}")]
+    ResourceExhausted {
+        reason: &'static str,
+        message: String,
+    },
     /// The caller's deadline passed.
     #[error("deadline exceeded")]
     DeadlineExceeded,
@@ -112,10 +114,9 @@ impl Error {
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::PermissionDenied { .. } => Code::PermissionDenied,
             Error::NotFound(_) => Code::NotFound,
-            Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Unavailable { .. } => Code::Unavailable,
-            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::ResourceExhausted { .. } => Code::ResourceExhausted,
             Error::DeadlineExceeded => Code::DeadlineExceeded,
             Error::Internal(_) => Code::Internal,
             Error::Upstream(s) => s.code(),
@@ -147,7 +148,6 @@ impl From<Error> for Status {
                 ),
             ),
             Error::NotFound(message) => Status::not_found(message),
-            Error::AlreadyExists(message) => Status::already_exists(message),
             Error::FailedPrecondition(message) => Status::failed_precondition(message),
             Error::Unavailable {
                 dependency,
@@ -157,7 +157,15 @@ impl From<Error> for Status {
                 format!("{dependency} is unavailable; retry later"),
                 ErrorDetails::with_retry_info(Some(retry_after)),
             ),
-            Error::ResourceExhausted(message) => Status::resource_exhausted(message),
+            Error::ResourceExhausted { reason, message } => Status::with_error_details(
+                Code::ResourceExhausted,
+                message,
+                ErrorDetails::with_error_info(
+                    reason,
+                    ERROR_DOMAIN,
+                    std::collections::HashMap::<String, String>::new(),
+                ),
+            ),
             Error::DeadlineExceeded => {
                 Status::deadline_exceeded("the deadline passed before an answer")
             }
@@ -187,24 +195,38 @@ fn uuid_like_reference() -> String {
 
 impl From<sea_orm::DbErr> for Error {
     fn from(e: sea_orm::DbErr) -> Self {
-        use sea_orm::DbErr;
-        match e {
-            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => Error::unavailable("database"),
-            other => {
-                // sqlx wraps I/O failures (a dropped connection) as query errors.
-                let text = other.to_string();
-                if text.contains("Connection refused")
-                    || text.contains("connection reset")
-                    || text.contains("broken pipe")
-                    || text.contains("pool timed out")
-                    || text.contains("error communicating with database")
-                {
-                    Error::unavailable("database")
-                } else {
-                    Error::Internal(text)
-                }
-            }
+        if database_unreachable(&e) {
+            Error::unavailable("database")
+        } else {
+            Error::Internal(e.to_string())
         }
+    }
+}
+
+/// Whether a database error means "the database could not answer now" (a retry may succeed)
+/// rather than a fault in the statement: decided by the driver's error variants and, for a
+/// server's own refusal, by its SQLSTATE, never by message text.
+pub fn database_unreachable(e: &sea_orm::DbErr) -> bool {
+    use sea_orm::sqlx::Error as Sqlx;
+    use sea_orm::{DbErr, RuntimeErr};
+    let runtime = match e {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => return true,
+        DbErr::Exec(r) | DbErr::Query(r) => r,
+        _ => return false,
+    };
+    let RuntimeErr::SqlxError(sqlx) = runtime else {
+        return false;
+    };
+    match sqlx.as_ref() {
+        Sqlx::Io(_) | Sqlx::Tls(_) | Sqlx::PoolTimedOut | Sqlx::PoolClosed | Sqlx::WorkerCrashed => {
+            true
+        }
+        // PostgreSQL: class 08 (connection exception), 57P01-57P03 (shutting down, starting
+        // up), 53300 (too many connections).
+        Sqlx::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
     }
 }
 

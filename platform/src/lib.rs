@@ -3,7 +3,9 @@
 //! gRPC statuses ([`error`]), the database and its migrations ([`database`]), the optional
 //! Redis cache ([`cache`]), health ([`health`]), serving with reflection and graceful stop
 //! ([`server`]) with malformed wire input answered as bad input ([`wire`]), shutdown
-//! ([`shutdown`]), the principal the gateway forwards ([`principal`]) and what operators see:
+//! ([`shutdown`]), the principal the gateway forwards ([`principal`]), AIP-158 pages
+//! ([`pagination`]), one validator per public request message ([`requests`]), and what
+//! operators see:
 //! logs and traces ([`telemetry`]), per-call spans and measurements ([`observe`]) and
 //! Prometheus metrics ([`metrics`]).
 //!
@@ -17,7 +19,9 @@ pub mod error;
 pub mod health;
 pub mod metrics;
 pub mod observe;
+pub mod pagination;
 pub mod principal;
+pub mod requests;
 pub mod runtime;
 pub mod server;
 pub mod shed;

@@ -98,65 +98,111 @@ pub struct BackendContext {
     pub readiness: Readiness,
     pub shutdown: Shutdown,
     pub peer_trust: PeerTrust,
-    pub redis_url: Option<String>,
 }
 
-/// What makes a backend: its name, default port, migrations and gRPC services.
-pub struct Backend<M> {
-    pub name: &'static str,
-    pub default_listen: SocketAddr,
-    pub services: Vec<&'static str>,
-    pub migrator: std::marker::PhantomData<M>,
-}
+/// What makes a backend, and all that differs between the three: its name, default port,
+/// migrations, arguments and the routes it serves. Start-up, migration and logging are the
+/// same for every backend ([`Component`] is implemented once, below).
+pub trait BackendService {
+    const NAME: &'static str;
+    const ABOUT: &'static str;
+    const DEFAULT_LISTEN: SocketAddr;
+    /// The gRPC services it serves, for health and reflection.
+    const SERVICES: &'static [&'static str];
+    type Migrator: MigratorTrait + Send + Sync + 'static;
+    type Args: clap::Args + Clone + Send + Sync + 'static;
 
-impl<M: MigratorTrait + Send + Sync + 'static> Backend<M> {
-    /// Connects (lazily), keeps readiness current in the background, and serves the routes
-    /// `make_routes` builds.
-    pub async fn start(
-        self,
-        args: &ServeArgs,
-        shutdown: Shutdown,
-        make_routes: impl FnOnce(BackendContext) -> Routes,
-    ) -> Result<Running> {
-        let listen = args.listen.unwrap_or(self.default_listen);
-        let peer_trust = internal_trust(self.name, args, listen)?;
-        let url = database::database_url(&args.database, self.name)?;
-        tracing::info!(service = self.name, database = %database::redact_url(&url), "starting");
-        let db = database::connect(&url).await?;
+    fn serve_args(args: &Self::Args) -> &ServeArgs;
 
-        let reporter = tonic_health::server::HealthReporter::new();
-        let readiness = Readiness::new(reporter, &self.services).await;
-        tokio::spawn(database::keep_ready::<M>(
-            db.clone(),
-            url,
-            self.name,
-            args.migrate,
-            readiness.clone(),
-            shutdown.clone(),
-        ));
+    /// The routes, built once the database is connected and before anything is bound: what
+    /// fails here (a bad key file, say) stops the start at once with a clear message.
+    fn routes(args: &Self::Args, context: BackendContext) -> Result<Routes>;
 
-        let context = BackendContext {
-            db,
-            readiness: readiness.clone(),
-            shutdown: shutdown.clone(),
-            peer_trust,
-            redis_url: args.redis_url.clone(),
-        };
-        let routes = make_routes(context);
-        let listener = server::bind(listen).await?;
-        if let Some(addr) = args.metrics_listen {
-            crate::metrics::serve(addr, shutdown.clone()).await?;
-        }
-        let config = ServeConfig {
-            name: self.name,
-            services: self.services,
-            grace: args.grace(),
-            tls: crate::tls::ServerTls::from_args(&args.tls, crate::tls::ClientAuth::Required)?,
-            health_listen: args.health_listen,
-            max_in_flight: args.max_in_flight,
-        };
-        server::spawn(config, listener, routes, readiness, shutdown).await
+    /// Spawns the background work of a started backend (purges, gauges); nothing by default.
+    fn serving(args: &Self::Args, context: BackendContext) {
+        let _ = (args, context);
     }
+}
+
+impl<B: BackendService> Component for B {
+    const NAME: &'static str = B::NAME;
+    const ABOUT: &'static str = B::ABOUT;
+    type Args = B::Args;
+
+    async fn start(args: B::Args, shutdown: Shutdown) -> Result<Running> {
+        let serve = B::serve_args(&args);
+        let (running, context) = start_backend::<B::Migrator>(
+            B::NAME,
+            B::DEFAULT_LISTEN,
+            B::SERVICES,
+            serve,
+            shutdown,
+            |context| B::routes(&args, context),
+        )
+        .await?;
+        // Only once serving: a start that failed leaves nothing running behind it.
+        B::serving(&args, context);
+        Ok(running)
+    }
+
+    async fn migrate(args: DatabaseArgs) -> Result<()> {
+        let url = database::database_url(&args, B::NAME)?;
+        database::migrate::<B::Migrator>(&url, B::NAME).await
+    }
+
+    fn log_args(args: &B::Args) -> &crate::config::LogArgs {
+        &B::serve_args(args).log
+    }
+}
+
+/// Connects (lazily), keeps readiness current in the background, and serves the routes
+/// `make_routes` builds.
+async fn start_backend<M: MigratorTrait + Send + Sync + 'static>(
+    name: &'static str,
+    default_listen: SocketAddr,
+    services: &'static [&'static str],
+    args: &ServeArgs,
+    shutdown: Shutdown,
+    make_routes: impl FnOnce(BackendContext) -> Result<Routes>,
+) -> Result<(Running, BackendContext)> {
+    let listen = args.listen.unwrap_or(default_listen);
+    let peer_trust = internal_trust(name, args, listen)?;
+    let url = database::database_url(&args.database, name)?;
+    tracing::info!(service = name, database = %database::redact_url(&url), "starting");
+    let db = database::connect(&url).await?;
+
+    let reporter = tonic_health::server::HealthReporter::new();
+    let readiness = Readiness::new(reporter, services).await;
+    tokio::spawn(database::keep_ready::<M>(
+        db.clone(),
+        url,
+        name,
+        args.migrate,
+        readiness.clone(),
+        shutdown.clone(),
+    ));
+
+    let context = BackendContext {
+        db,
+        readiness: readiness.clone(),
+        shutdown: shutdown.clone(),
+        peer_trust,
+    };
+    let routes = make_routes(context.clone())?;
+    let listener = server::bind(listen).await?;
+    if let Some(addr) = args.metrics_listen {
+        crate::metrics::serve(addr, shutdown.clone()).await?;
+    }
+    let config = ServeConfig {
+        name,
+        services: services.to_vec(),
+        grace: args.grace(),
+        tls: crate::tls::ServerTls::from_args(&args.tls, crate::tls::ClientAuth::Required)?,
+        health_listen: args.health_listen,
+        max_in_flight: args.max_in_flight,
+    };
+    let running = server::spawn(config, listener, routes, readiness, shutdown).await?;
+    Ok((running, context))
 }
 
 /// Backends believe forwarded identities only from the gateway: with mTLS, a peer whose client
@@ -190,10 +236,4 @@ fn internal_trust(name: &str, args: &ServeArgs, listen: SocketAddr) -> Result<Pe
         "--insecure-internal: trusting forwarded identities from loopback peers without mTLS"
     );
     Ok(PeerTrust::Loopback)
-}
-
-/// Migrations for `<service> migrate`.
-pub async fn migrate<M: MigratorTrait>(name: &str, args: &DatabaseArgs) -> Result<()> {
-    let url = database::database_url(args, name)?;
-    database::migrate::<M>(&url, name).await
 }

@@ -2,10 +2,14 @@
 //! `RESOURCE_EXHAUSTED` instead of queueing until every caller times out. Health and
 //! reflection are never shed, so probes keep seeing the truth under load.
 
+use crate::error::Error;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service};
+
+/// The ErrorInfo reason of a call shed because the server is at capacity.
+pub const OVERLOADED: &str = "OVERLOADED";
 
 #[derive(Clone)]
 pub struct ShedLayer {
@@ -92,9 +96,10 @@ where
             match self.permits.clone().try_acquire_owned() {
                 Ok(p) => Some(p),
                 Err(_) => {
-                    let status = tonic::Status::resource_exhausted(
-                        "the server is at capacity; retry with backoff",
-                    );
+                    let status = tonic::Status::from(Error::ResourceExhausted {
+                        reason: OVERLOADED,
+                        message: "the server is at capacity; retry with backoff".into(),
+                    });
                     return Box::pin(async move { Ok(status.into_http()) });
                 }
             }

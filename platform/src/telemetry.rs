@@ -294,9 +294,18 @@ pub fn unsampled(span: &tracing::Span) {
     let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent));
 }
 
-/// Whether `id` is a W3C trace id of a real trace (32 hex digits, not all zero).
+/// Whether `id` is a W3C Trace Context trace id of a real trace: 32 lower-case hex digits,
+/// not all zero. The one rule for every trace id cpis reads or stores.
 pub fn is_trace_id(id: &str) -> bool {
-    TraceId::from_hex(id).is_ok_and(|t| t != TraceId::INVALID) && id.len() == 32
+    id.len() == 32
+        && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && id.bytes().any(|b| b != b'0')
+}
+
+/// The trace id inside a W3C `traceparent` header value (`00-<trace id>-<span id>-<flags>`),
+/// if it holds a valid one.
+pub fn trace_id_of_traceparent(traceparent: &str) -> Option<&str> {
+    traceparent.split('-').nth(1).filter(|id| is_trace_id(id))
 }
 
 struct HeaderCarrier<'a>(&'a http::HeaderMap);
@@ -373,5 +382,15 @@ mod tests {
         assert!(!is_trace_id("00000000000000000000000000000000"));
         assert!(!is_trace_id("4bf92f35"));
         assert!(!is_trace_id("garbage"));
+        assert!(
+            !is_trace_id("4BF92F3577B34DA6A3CE929D0E0E4736"),
+            "W3C Trace Context allows lower-case hex only"
+        );
+        assert_eq!(
+            trace_id_of_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(trace_id_of_traceparent("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"), None);
+        assert_eq!(trace_id_of_traceparent("nonsense"), None);
     }
 }

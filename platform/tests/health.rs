@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use platform::config::ServeArgs;
-use platform::runtime::Backend;
+use platform::runtime::{BackendContext, BackendService, Component};
 use platform::shutdown::Shutdown;
 use sea_orm_migration::prelude::*;
 use std::net::SocketAddr;
@@ -25,6 +25,27 @@ impl MigratorTrait for NoMigrations {
 }
 
 const SERVICE: &str = "cpis.test.v1.Probe";
+
+/// A backend serving nothing but health, with the migrations `M`.
+struct Probe<M>(std::marker::PhantomData<M>);
+
+impl<M: MigratorTrait + Send + Sync + 'static> BackendService for Probe<M> {
+    const NAME: &'static str = "probe";
+    const ABOUT: &'static str = "a probe";
+    const DEFAULT_LISTEN: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+    const SERVICES: &'static [&'static str] = &[SERVICE];
+    type Migrator = M;
+    type Args = ServeArgs;
+
+    fn serve_args(args: &ServeArgs) -> &ServeArgs {
+        args
+    }
+
+    fn routes(_: &ServeArgs, _: BackendContext) -> platform::Result<Routes> {
+        Ok(Routes::builder().routes())
+    }
+}
 
 async fn status(addr: SocketAddr, service: &str) -> Option<ServingStatus> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -118,14 +139,7 @@ async fn health_is_not_serving_while_the_database_is_unreachable_and_serving_onc
     let mut args = ServeArgs::embedded(dir.path().to_owned());
     args.database.database_url = Some(url);
     let (trigger, shutdown) = Shutdown::new();
-    let backend = Backend::<NoMigrations> {
-        name: "probe",
-        default_listen: "127.0.0.1:0".parse().unwrap(),
-        services: vec![SERVICE],
-        migrator: std::marker::PhantomData,
-    };
-    let running = backend
-        .start(&args, shutdown, |_| Routes::builder().routes())
+    let running = Probe::<NoMigrations>::start(args.clone(), shutdown)
         .await
         .expect("a service starts even when its database is down");
 
@@ -160,14 +174,7 @@ async fn health_is_serving_once_sqlite_is_migrated_and_not_serving_after_shutdow
     let dir = tempfile::tempdir().unwrap();
     let args = ServeArgs::embedded(dir.path().to_owned());
     let (trigger, shutdown) = Shutdown::new();
-    let backend = Backend::<NoMigrations> {
-        name: "probe",
-        default_listen: "127.0.0.1:0".parse().unwrap(),
-        services: vec![SERVICE],
-        migrator: std::marker::PhantomData,
-    };
-    let running = backend
-        .start(&args, shutdown, |_| Routes::builder().routes())
+    let running = Probe::<NoMigrations>::start(args.clone(), shutdown)
         .await
         .unwrap();
     wait_for(running.addr, ServingStatus::Serving).await;
@@ -215,14 +222,7 @@ async fn with_migrate_off_health_waits_for_the_migration_job() {
     let mut args = ServeArgs::embedded(dir.path().to_owned());
     args.migrate = platform::config::MigrateMode::Off;
     let (trigger, shutdown) = Shutdown::new();
-    let backend = Backend::<one::Migrator> {
-        name: "probe",
-        default_listen: "127.0.0.1:0".parse().unwrap(),
-        services: vec![SERVICE],
-        migrator: std::marker::PhantomData,
-    };
-    let running = backend
-        .start(&args, shutdown, |_| Routes::builder().routes())
+    let running = Probe::<one::Migrator>::start(args.clone(), shutdown)
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -226,7 +226,6 @@ async fn calls_from_a_peer_that_is_not_the_gateway_are_refused_and_write_nothing
             readiness,
             shutdown,
             peer_trust: PeerTrust::Loopback,
-            redis_url: None,
         });
         // A request with no loopback peer (as from another host): refused before anything.
         let status = handlers
@@ -262,7 +261,6 @@ async fn calls_before_the_database_is_ready_are_unavailable_with_retry_info() {
             readiness,
             shutdown,
             peer_trust: PeerTrust::Loopback,
-            redis_url: None,
         });
         let mut request = record_request("l-early", as_of());
         request
