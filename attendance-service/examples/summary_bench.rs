@@ -14,10 +14,11 @@ use anyhow::{Context, Result, bail};
 use attendance_service::attendance::Attendance;
 use attendance_service::migration::Migrator;
 use attendance_service::storage::{Attendances, summary_statement};
-use attendance_service::synthetic::{self, Population, Rng, Rows, lookup_id};
+use attendance_service::synthetic::{self, Population, Rows, lookup_id};
 use chrono::{DateTime, Utc};
 use clap::Parser;
 use platform::domain::{OdsCode, SettingType};
+use platform::synthetic::SplitMix64;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use std::time::Instant;
 
@@ -120,7 +121,12 @@ async fn load(server: &str, rows: u64, args: &Args) -> Result<Loaded> {
 
 /// Single-number summaries as the gateway makes them at lookup time: one random child, the
 /// current lookup's id (not stored yet) excluded.
-async fn summaries(loaded: &mut Loaded, rng: &mut Rng, count: usize, timed: bool) -> Result<()> {
+async fn summaries(
+    loaded: &mut Loaded,
+    rng: &mut SplitMix64,
+    count: usize,
+    timed: bool,
+) -> Result<()> {
     let attendances = Attendances::new(loaded.db.clone());
     for q in 0..count {
         let child = loaded.people.pick_any(rng);
@@ -137,7 +143,7 @@ async fn summaries(loaded: &mut Loaded, rng: &mut Rng, count: usize, timed: bool
     Ok(())
 }
 
-async fn batch_summaries(loaded: &mut Loaded, rng: &mut Rng, count: usize) -> Result<()> {
+async fn batch_summaries(loaded: &mut Loaded, rng: &mut SplitMix64, count: usize) -> Result<()> {
     let attendances = Attendances::new(loaded.db.clone());
     for _ in 0..count {
         let batch: Vec<_> = (0..100).map(|_| loaded.people.pick_any(rng)).collect();
@@ -174,7 +180,7 @@ async fn explain(loaded: &Loaded) -> Result<()> {
 }
 
 /// Sequential single records, the service's write path (one committed INSERT each).
-async fn records(loaded: &mut Loaded, rng: &mut Rng, count: usize) -> Result<()> {
+async fn records(loaded: &mut Loaded, rng: &mut SplitMix64, count: usize) -> Result<()> {
     let attendances = Attendances::new(loaded.db.clone());
     let started = Instant::now();
     for i in 0..count {
@@ -206,7 +212,7 @@ async fn main() -> Result<()> {
 
     // Queries run in interleaved rounds, so the sizes share whatever else this machine is
     // doing at the time and the ratio compares like with like.
-    let mut rng = Rng(0xC0FFEE);
+    let mut rng = SplitMix64(0xC0FFEE);
     for loaded in sizes.iter_mut() {
         summaries(loaded, &mut rng, args.warmup, false).await?;
     }

@@ -5,31 +5,12 @@
 use crate::entities::attendance::{ActiveModel, Entity};
 use chrono::{DateTime, Duration, Utc};
 use platform::domain::NhsNumber;
+use platform::synthetic::SplitMix64;
 use sea_orm::sqlx::postgres::PgPoolCopyExt;
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     DatabaseConnection, DbBackend, DbErr, EntityTrait, TransactionTrait,
 };
-
-/// splitmix64: reproducible synthetic data without a dependency.
-#[derive(Debug, Clone)]
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
 
 /// Unscheduled settings weighted roughly as children attend them.
 const UNSCHEDULED: [(&str, u64); 9] = [
@@ -70,7 +51,7 @@ impl Population {
         (self.children.len() / 20).max(1)
     }
 
-    pub fn pick_for_attendance(&self, rng: &mut Rng) -> NhsNumber {
+    pub fn pick_for_attendance(&self, rng: &mut SplitMix64) -> NhsNumber {
         let n = if rng.unit() < 0.25 {
             rng.below(self.frequent() as u64)
         } else {
@@ -79,13 +60,13 @@ impl Population {
         self.children[n as usize]
     }
 
-    pub fn pick_any(&self, rng: &mut Rng) -> NhsNumber {
+    pub fn pick_any(&self, rng: &mut SplitMix64) -> NhsNumber {
         self.children[rng.below(self.children.len() as u64) as usize]
     }
 }
 
 /// A lookup id in the UUID text form the gateway issues, unique by `i`.
-pub fn lookup_id(rng: &mut Rng, i: u64) -> String {
+pub fn lookup_id(rng: &mut SplitMix64, i: u64) -> String {
     let a = rng.next_u64();
     format!(
         "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
@@ -113,7 +94,7 @@ pub struct Row {
 
 /// Rows `0..` of a log whose attendances fall within `window_days` before `now`.
 pub struct Rows<'a> {
-    rng: Rng,
+    rng: SplitMix64,
     people: &'a Population,
     now: DateTime<Utc>,
     window_micros: u64,
@@ -123,7 +104,7 @@ pub struct Rows<'a> {
 impl<'a> Rows<'a> {
     pub fn new(seed: u64, people: &'a Population, now: DateTime<Utc>, window_days: u32) -> Self {
         Rows {
-            rng: Rng(seed),
+            rng: SplitMix64(seed),
             people,
             now,
             window_micros: u64::from(window_days) * 86_400_000_000,

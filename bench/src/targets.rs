@@ -5,10 +5,10 @@
 
 use crate::load::Outcome;
 use anyhow::{Context, Result, bail};
-use attendance_service::synthetic::Rng;
 use cpis_proto::gateway::child_protection_client::ChildProtectionClient;
 use cpis_proto::gateway::{AccessKind, LookupChildRequest, Setting, SettingType};
 use platform::domain::NhsNumber;
+use platform::synthetic::SplitMix64;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -147,7 +147,7 @@ impl Lookup {
     }
 
     fn child(&self, caller: usize, n: u64) -> (NhsNumber, bool) {
-        let mut rng = Rng(((caller as u64) << 40) ^ n ^ 0x5EED);
+        let mut rng = SplitMix64(((caller as u64) << 40) ^ n ^ 0x5EED);
         let flagged = rng.below(1_000_000) < self.flagged_per_million;
         let pool = if flagged {
             &self.lookups.flagged

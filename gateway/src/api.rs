@@ -4,13 +4,14 @@
 
 use crate::core::{Core, Intent};
 use crate::deadline::Deadline;
-use crate::validate;
 use cpis_proto::gateway as pb;
 use cpis_proto::gateway::administration_server::Administration;
 use cpis_proto::gateway::audit_server::Audit;
 use cpis_proto::gateway::child_protection_server::ChildProtection;
 use cpis_proto::gateway::local_authority_server::LocalAuthority;
+use platform::domain::NhsNumber;
 use platform::error::Error;
+use platform::requests;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -23,11 +24,8 @@ pub struct PublicApi {
     pub core: Arc<Core>,
 }
 
-fn answer<T>(result: platform::Result<T>) -> Answer<T> {
-    result.map(Response::new).map_err(Status::from)
-}
-
-/// Authenticate, validate with `check`, decide `intent`: the common head of every forwarded call.
+/// Authenticate, validate with `check` (platform's validator for the message, the same one the
+/// owning backend calls), decide `intent`: the common head of every forwarded call.
 macro_rules! authorized {
     ($self:ident, $request:ident, $check:expr, $intent:expr) => {{
         let (metadata, extensions, message) = $request.into_parts();
@@ -48,19 +46,18 @@ macro_rules! authorized {
 macro_rules! forward {
     ($self:ident, $request:ident, $check:expr, $intent:expr, $backend:ident . $method:ident) => {{
         let (message, principal, deadline) = authorized!($self, $request, $check, $intent);
-        answer(
-            $self
-                .core
-                .call(
-                    concat!(stringify!($backend), "-service"),
-                    $self.core.backends.$backend(),
-                    message,
-                    Some(&principal),
-                    &deadline,
-                    |mut client, request| async move { client.$method(request).await },
-                )
-                .await,
-        )
+        let answer = $self
+            .core
+            .backends
+            .$backend
+            .call(
+                message,
+                Some(&principal),
+                &deadline,
+                |mut client, request| async move { client.$method(request).await },
+            )
+            .await?;
+        Ok(Response::new(answer))
     }};
 }
 
@@ -71,16 +68,21 @@ impl ChildProtection for PublicApi {
         request: Request<pb::LookupChildRequest>,
     ) -> Answer<pb::LookupChildResponse> {
         let (metadata, extensions, message) = request.into_parts();
-        answer(
-            self.core
-                .lookup_child(&metadata, &extensions, message)
-                .await,
-        )
+        let answer = self
+            .core
+            .lookup_child(&metadata, &extensions, message)
+            .await?;
+        Ok(Response::new(answer))
     }
 }
 
-fn about(action: &'static str) -> impl Fn(Option<platform::domain::NhsNumber>) -> Intent {
+fn about(action: &'static str) -> impl Fn(Option<NhsNumber>) -> Intent {
     move |n| Intent::new(action).about(n)
+}
+
+/// A check for a call whose decision names no child: the validator's value is not needed.
+fn only<T, V>(validator: fn(&T) -> platform::Result<V>) -> impl Fn(&T) -> platform::Result<()> {
+    move |r| validator(r).map(drop)
 }
 
 fn plain(action: &'static str) -> impl Fn(()) -> Intent {
@@ -93,14 +95,14 @@ impl LocalAuthority for PublicApi {
         &self,
         request: Request<tonic::Streaming<pb::UploadFlagsRequest>>,
     ) -> Answer<pb::UploadFlagsResponse> {
-        answer(self.core.upload_flags(request).await)
+        Ok(Response::new(self.core.upload_flags(request).await?))
     }
 
     async fn end_flag(&self, request: Request<pb::EndFlagRequest>) -> Answer<pb::Flag> {
         forward!(
             self,
             request,
-            validate::end_flag,
+            |r: &_| requests::end_flag(r).map(|e| Some(e.key.nhs_number)),
             about("EndFlag"),
             flag.end_flag
         )
@@ -110,7 +112,7 @@ impl LocalAuthority for PublicApi {
         forward!(
             self,
             request,
-            validate::delete_flag,
+            |r: &_| requests::delete_flag(r).map(|k| Some(k.nhs_number)),
             about("DeleteFlag"),
             flag.delete_flag
         )
@@ -123,7 +125,7 @@ impl LocalAuthority for PublicApi {
         forward!(
             self,
             request,
-            validate::list_flags,
+            only(requests::list_flags),
             plain("ListFlags"),
             flag.list_flags
         )
@@ -136,7 +138,7 @@ impl LocalAuthority for PublicApi {
         forward!(
             self,
             request,
-            validate::list_notifications,
+            only(requests::list_notifications),
             plain("ListNotifications"),
             flag.list_notifications
         )
@@ -146,7 +148,7 @@ impl LocalAuthority for PublicApi {
         &self,
         request: Request<pb::WatchNotificationsRequest>,
     ) -> Answer<BoxStream<pb::Notification>> {
-        answer(self.core.watch_notifications(request).await)
+        Ok(Response::new(self.core.watch_notifications(request).await?))
     }
 
     async fn acknowledge_notifications(
@@ -172,7 +174,7 @@ impl Audit for PublicApi {
         forward!(
             self,
             request,
-            validate::list_audit_events,
+            |r: &_| requests::list_audit_events(r).map(|p| p.filters.nhs_number),
             about("ListAuditEvents"),
             access.list_audit_events
         )
@@ -195,7 +197,7 @@ impl Audit for PublicApi {
         forward!(
             self,
             request,
-            validate::verify_audit_log,
+            requests::verify_audit_log,
             plain("VerifyAuditLog"),
             access.verify_audit_log
         )
@@ -211,7 +213,7 @@ impl Administration for PublicApi {
         forward!(
             self,
             request,
-            validate::upsert_organisation,
+            only(requests::upsert_organisation),
             plain("UpsertOrganisation"),
             access.upsert_organisation
         )
@@ -224,7 +226,7 @@ impl Administration for PublicApi {
         forward!(
             self,
             request,
-            |r: &pb::ListOrganisationsRequest| validate::list_page(r.page_size, &r.page_token),
+            only(requests::list_organisations),
             plain("ListOrganisations"),
             access.list_organisations
         )
@@ -237,7 +239,7 @@ impl Administration for PublicApi {
         forward!(
             self,
             request,
-            validate::register_system,
+            only(requests::register_system),
             plain("RegisterSystem"),
             access.register_system
         )
@@ -250,7 +252,7 @@ impl Administration for PublicApi {
         forward!(
             self,
             request,
-            |r: &pb::ListSystemsRequest| validate::list_page(r.page_size, &r.page_token),
+            only(requests::list_systems),
             plain("ListSystems"),
             access.list_systems
         )
@@ -260,7 +262,7 @@ impl Administration for PublicApi {
         forward!(
             self,
             request,
-            validate::remove_system,
+            only(requests::remove_system),
             plain("RemoveSystem"),
             access.remove_system
         )
@@ -273,7 +275,7 @@ impl Administration for PublicApi {
         forward!(
             self,
             request,
-            validate::set_restriction,
+            |r: &_| requests::set_restriction(r).map(|(n, _)| Some(n)),
             about("SetRestriction"),
             flag.set_restriction
         )
@@ -283,7 +285,7 @@ impl Administration for PublicApi {
         forward!(
             self,
             request,
-            validate::clear_restriction,
+            |r: &_| requests::clear_restriction(r).map(Some),
             about("ClearRestriction"),
             flag.clear_restriction
         )
@@ -296,7 +298,7 @@ impl Administration for PublicApi {
         forward!(
             self,
             request,
-            validate::mark_inactive,
+            |r: &_| requests::mark_nhs_number_inactive(r).map(|(n, _)| Some(n)),
             about("MarkNhsNumberInactive"),
             flag.mark_nhs_number_inactive
         )

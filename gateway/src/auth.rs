@@ -1,5 +1,5 @@
 //! Who is calling: a bearer JWT shaped like an NHS CIS2 token, verified against a JSON Web Key
-//! Set file that is re-read when it changes.
+//! Set file that is re-read when it changes (`platform::reload`).
 //!
 //! Asymmetric algorithms only, each key pinned to the one algorithm its JWK declares (or that
 //! its key type implies), so `alg=none`, HMAC-with-the-public-key and algorithm-switching
@@ -10,12 +10,12 @@ use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use platform::domain::OdsCode;
 use platform::error::{Error, Result};
-use platform::shutdown::Shutdown;
+use platform::reload::{self, Latest};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
 use tonic::metadata::MetadataMap;
 
 /// Algorithms a key may be used with: asymmetric, current.
@@ -52,11 +52,21 @@ struct KeySet {
     by_id: HashMap<String, Arc<VerificationKey>>,
     /// Keys without a `kid`: used only for tokens without one.
     anonymous: Vec<Arc<VerificationKey>>,
+    /// Which load this is: a token verified under another key set is verified again.
+    generation: u64,
+}
+
+/// A token verified under the key set of `generation`, valid until `exp`.
+#[derive(Clone)]
+struct Verified {
+    principal: Principal,
+    exp: u64,
+    generation: u64,
 }
 
 struct Inner {
-    keys: RwLock<Arc<KeySet>>,
-    cache: RwLock<HashMap<String, (Principal, u64)>>,
+    keys: Latest<KeySet>,
+    cache: RwLock<HashMap<String, Verified>>,
     issuer: String,
     audience: String,
 }
@@ -79,9 +89,13 @@ fn algorithm_of(jwk: &Jwk) -> Option<Algorithm> {
 }
 
 fn parse_jwks(text: &str) -> std::result::Result<KeySet, String> {
+    static LOADS: AtomicU64 = AtomicU64::new(1);
     let set: JwkSet =
         serde_json::from_str(text).map_err(|e| format!("not a JSON Web Key Set: {e}"))?;
-    let mut keys = KeySet::default();
+    let mut keys = KeySet {
+        generation: LOADS.fetch_add(1, Ordering::Relaxed),
+        ..KeySet::default()
+    };
     for jwk in &set.keys {
         if matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_)) {
             continue; // symmetric keys can never verify a user token here
@@ -108,74 +122,33 @@ fn parse_jwks(text: &str) -> std::result::Result<KeySet, String> {
 
 impl Authenticator {
     /// Reads the key set now (a bad file at start is a configuration error) and re-reads it
-    /// whenever its modification time changes; a bad file later keeps the previous keys.
-    pub fn from_file(
-        path: PathBuf,
-        issuer: String,
-        audience: String,
-        shutdown: Shutdown,
-    ) -> Result<Self> {
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            Error::FailedPrecondition(format!("cannot read JWKS {}: {e}", path.display()))
+    /// whenever its contents change; a bad file later keeps the previous keys.
+    pub fn from_file(path: PathBuf, issuer: String, audience: String) -> Result<Self> {
+        let file = path.clone();
+        let keys = reload::watch_files("JWKS", vec![path], move || {
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                Error::FailedPrecondition(format!("cannot read JWKS {}: {e}", file.display()))
+            })?;
+            parse_jwks(&text)
+                .map_err(|e| Error::FailedPrecondition(format!("JWKS {}: {e}", file.display())))
         })?;
-        let keys = parse_jwks(&text)
-            .map_err(|e| Error::FailedPrecondition(format!("JWKS {}: {e}", path.display())))?;
-        let auth = Self::with_keys(keys, issuer, audience);
-        let watcher = auth.clone();
-        tokio::spawn(async move { watcher.watch(path, shutdown).await });
-        Ok(auth)
+        Ok(Self::with_keys(keys, issuer, audience))
     }
 
     /// No key set configured: every user token is refused.
     pub fn without_keys(issuer: String, audience: String) -> Self {
-        Self::with_keys(KeySet::default(), issuer, audience)
+        let (_, keys) = tokio::sync::watch::channel(Arc::new(KeySet::default()));
+        Self::with_keys(keys, issuer, audience)
     }
 
-    fn with_keys(keys: KeySet, issuer: String, audience: String) -> Self {
+    fn with_keys(keys: Latest<KeySet>, issuer: String, audience: String) -> Self {
         Authenticator {
             inner: Arc::new(Inner {
-                keys: RwLock::new(Arc::new(keys)),
+                keys,
                 cache: RwLock::new(HashMap::new()),
                 issuer,
                 audience,
             }),
-        }
-    }
-
-    async fn watch(self, path: PathBuf, shutdown: Shutdown) {
-        let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        let mut seen: Option<SystemTime> = modified(&path);
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                _ = shutdown.wait() => return,
-            }
-            let now = modified(&path);
-            if now == seen {
-                continue;
-            }
-            seen = now;
-            match std::fs::read_to_string(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|t| parse_jwks(&t))
-            {
-                Ok(keys) => {
-                    self.replace_keys(keys);
-                    tracing::info!(path = %path.display(), "JWKS reloaded");
-                }
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "JWKS reload failed; keeping the previous keys")
-                }
-            }
-        }
-    }
-
-    fn replace_keys(&self, keys: KeySet) {
-        if let Ok(mut current) = self.inner.keys.write() {
-            *current = Arc::new(keys);
-        }
-        if let Ok(mut cache) = self.inner.cache.write() {
-            cache.clear();
         }
     }
 
@@ -202,39 +175,40 @@ impl Authenticator {
 
     pub fn verify(&self, token: &str) -> Result<Principal> {
         let now = jsonwebtoken::get_current_timestamp();
-        if let Some((principal, exp)) = self
+        let keys = Arc::clone(&self.inner.keys.borrow());
+        if let Some(hit) = self
             .inner
             .cache
             .read()
             .ok()
             .and_then(|c| c.get(token).cloned())
-            && exp > now
+            && hit.exp > now
+            && hit.generation == keys.generation
         {
-            return Ok(principal);
+            return Ok(hit.principal);
         }
-        let (principal, exp) = self.verify_uncached(token)?;
+        let (principal, exp) = self.verify_uncached(token, &keys)?;
         if let Ok(mut cache) = self.inner.cache.write() {
             if cache.len() >= CACHE_LIMIT {
-                cache.retain(|_, (_, e)| *e > now);
+                cache.retain(|_, v| v.exp > now && v.generation == keys.generation);
                 if cache.len() >= CACHE_LIMIT {
                     cache.clear();
                 }
             }
-            cache.insert(token.to_owned(), (principal.clone(), exp));
+            let verified = Verified {
+                principal: principal.clone(),
+                exp,
+                generation: keys.generation,
+            };
+            cache.insert(token.to_owned(), verified);
         }
         Ok(principal)
     }
 
-    fn verify_uncached(&self, token: &str) -> Result<(Principal, u64)> {
+    fn verify_uncached(&self, token: &str, keys: &KeySet) -> Result<(Principal, u64)> {
         let refuse = |why: &str| Error::Unauthenticated(format!("invalid token: {why}"));
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| refuse("malformed or unsupported header"))?;
-        let keys = self
-            .inner
-            .keys
-            .read()
-            .map(|k| Arc::clone(&k))
-            .map_err(|_| refuse("no keys"))?;
         let key = match &header.kid {
             Some(kid) => keys.by_id.get(kid).cloned(),
             None => keys.anonymous.first().cloned(),
@@ -286,6 +260,7 @@ mod tests {
     use base64::Engine;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use jsonwebtoken::{EncodingKey, Header};
+    use std::time::Duration;
 
     struct Signer {
         pkcs8: Vec<u8>,
@@ -319,11 +294,8 @@ mod tests {
     }
 
     fn authenticator(s: &Signer) -> Authenticator {
-        Authenticator::with_keys(
-            parse_jwks(&jwks(s, "k1")).unwrap(),
-            "cpis-dev".into(),
-            "cpis".into(),
-        )
+        let (_, keys) = tokio::sync::watch::channel(Arc::new(parse_jwks(&jwks(s, "k1")).unwrap()));
+        Authenticator::with_keys(keys, "cpis-dev".into(), "cpis".into())
     }
 
     fn refused(auth: &Authenticator, token: &str) -> bool {
@@ -444,17 +416,14 @@ mod tests {
         let first = signer();
         let second = signer();
         std::fs::write(&path, jwks(&first, "k1")).unwrap();
-        let (trigger, shutdown) = Shutdown::new();
         let auth =
-            Authenticator::from_file(path.clone(), "cpis-dev".into(), "cpis".into(), shutdown)
-                .unwrap();
+            Authenticator::from_file(path.clone(), "cpis-dev".into(), "cpis".into()).unwrap();
         let token_1 = sign(&first, "k1", &claims(600, "cpis-dev", "cpis"));
         let token_2 = sign(&second, "k2", &claims(600, "cpis-dev", "cpis"));
         assert!(auth.verify(&token_1).is_ok());
         assert!(auth.verify(&token_2).is_err());
 
-        // Rotate: the new key replaces the old one. Ensure a different mtime.
-        tokio::time::sleep(Duration::from_millis(1100)).await;
+        // Rotate: the new key replaces the old one.
         std::fs::write(&path, jwks(&second, "k2")).unwrap();
         let mut rotated = false;
         for _ in 0..50 {
@@ -470,13 +439,11 @@ mod tests {
             "the removed key (and its cached tokens) must stop working"
         );
 
-        tokio::time::sleep(Duration::from_millis(1100)).await;
         std::fs::write(&path, "not json").unwrap();
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert!(
             auth.verify(&token_2).is_ok(),
             "a bad file keeps the previous keys"
         );
-        trigger.fire();
     }
 }

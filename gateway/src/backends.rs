@@ -2,6 +2,9 @@
 //! honest: it serves only while access-service and flag-service answer, since without them
 //! no lookup can be answered safely (rule 1).
 
+use crate::calls::{self, RetryBudget};
+use crate::deadline::Deadline;
+use cpis_proto::access::Principal;
 use cpis_proto::access::access_control_client::AccessControlClient;
 use cpis_proto::attendance::attendance_log_client::AttendanceLogClient;
 use cpis_proto::flag::flag_registry_client::FlagRegistryClient;
@@ -10,10 +13,13 @@ use platform::health::Readiness;
 use platform::shutdown::Shutdown;
 use platform::tls::ClientFiles;
 use std::collections::HashSet;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -23,11 +29,108 @@ use tonic_health::pb::health_client::HealthClient;
 /// health checks every few seconds are neither traced nor counted.
 pub type Traced = platform::observe::ClientTelemetry<Channel>;
 
+/// One backend as the gateway calls it: its name (for errors, logs and metrics), its client,
+/// its share of each caller's deadline and its retry policy. Every call to a backend (lookups,
+/// streams, obligations, the reconciler) goes through [`Backend::call`] or, for streams,
+/// [`Backend::request`] and [`Backend::error`], so each failure is mapped once.
+#[derive(Clone)]
+pub struct Backend<C> {
+    name: &'static str,
+    client: C,
+    /// The bare channel, for the readiness watcher's untraced health checks.
+    channel: Channel,
+    retries: Arc<RetryBudget>,
+}
+
+impl<C: Clone> Backend<C> {
+    fn new(name: &'static str, channel: Channel, client: impl FnOnce(Traced) -> C) -> Self {
+        Backend {
+            name,
+            client: client(Traced::new(channel.clone(), name)),
+            channel,
+            retries: Arc::new(RetryBudget::default()),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// A request bounded by the caller's deadline (less the margin to answer), carrying the
+    /// principal if any. A stream without a deadline runs until either side ends it.
+    pub fn request<T>(
+        &self,
+        message: T,
+        principal: Option<&Principal>,
+        deadline: Option<&Deadline>,
+    ) -> Result<Request<T>> {
+        let mut request = Request::new(message);
+        if let Some(deadline) = deadline {
+            request.set_timeout(deadline.for_backend()?);
+        }
+        if let Some(p) = principal {
+            platform::principal::attach(request.metadata_mut(), p);
+        }
+        Ok(request)
+    }
+
+    /// The client, for a streaming call built with [`Backend::request`].
+    pub fn client(&self) -> C {
+        self.client.clone()
+    }
+
+    /// What the caller sees when this backend failed.
+    pub fn error(&self, status: Status) -> Error {
+        calls::backend_error(self.name, status)
+    }
+
+    /// One unary call: the deadline (sent as `grpc-timeout` and enforced here too, since a
+    /// backend with no reachable address would otherwise hold the call forever), the
+    /// principal, and retries of `UNAVAILABLE` within the deadline and the retry budget.
+    pub async fn call<Req, Resp, F, Fut>(
+        &self,
+        message: Req,
+        principal: Option<&Principal>,
+        deadline: &Deadline,
+        f: F,
+    ) -> Result<Resp>
+    where
+        Req: Clone,
+        F: Fn(C, Request<Req>) -> Fut,
+        Fut: Future<Output = std::result::Result<Response<Resp>, Status>>,
+    {
+        calls::with_retry(&self.retries, deadline, || {
+            let attempt = deadline.for_backend().map(|budget| {
+                let mut request = Request::new(message.clone());
+                request.set_timeout(budget);
+                if let Some(p) = principal {
+                    platform::principal::attach(request.metadata_mut(), p);
+                }
+                (budget, f(self.client.clone(), request))
+            });
+            let name = self.name;
+            async move {
+                let (budget, call) = attempt.map_err(Status::from)?;
+                match tokio::time::timeout(budget, call).await {
+                    Ok(answer) => answer,
+                    Err(_) => Err(Status::deadline_exceeded(format!(
+                        "{name} did not answer in time"
+                    ))),
+                }
+            }
+        })
+        .await
+        .map(Response::into_inner)
+        .map_err(|s| self.error(s))
+    }
+}
+
+/// The three backends.
 #[derive(Clone)]
 pub struct Backends {
-    pub flag: Channel,
-    pub attendance: Channel,
-    pub access: Channel,
+    pub flag: Backend<FlagRegistryClient<Traced>>,
+    pub attendance: Backend<AttendanceLogClient<Traced>>,
+    pub access: Backend<AccessControlClient<Traced>>,
 }
 
 /// Connections kept to each backend address: HTTP/2 multiplexes calls over one, but a few
@@ -68,14 +171,15 @@ fn channel(name: &'static str, url: &str, tls: Option<ClientFiles>) -> Result<Ch
             "{name} URL {url:?}: use https:// with --tls-internal-ca (mTLS), http:// without"
         )));
     }
-    let tls_files = tls.clone();
+    // The internal certificate as last read (a bad one at start stops the gateway).
+    let mut certs = tls.as_ref().map(ClientFiles::watch).transpose()?;
     let make = {
         let host = host.clone();
-        move |addr: SocketAddr| -> Result<Endpoint> {
+        move |addr: SocketAddr, tls: Option<&platform::tls::ClientTls>| -> Result<Endpoint> {
             let ep = endpoint(name, &format!("{scheme}://{addr}"))?;
-            match &tls {
-                Some(files) => ep
-                    .tls_config(files.client_config(&host)?)
+            match tls {
+                Some(tls) => ep
+                    .tls_config(tls.config(&host))
                     .map_err(|e| Error::FailedPrecondition(format!("{name} TLS: {e}"))),
                 None => Ok(ep),
             }
@@ -85,10 +189,11 @@ fn channel(name: &'static str, url: &str, tls: Option<ClientFiles>) -> Result<Ch
     tokio::spawn(async move {
         let mut current: HashSet<SocketAddr> = HashSet::new();
         let mut generation = 0u64;
-        let mut certs = tls_files.as_ref().map(ClientFiles::fingerprint);
         loop {
-            let now_certs = tls_files.as_ref().map(ClientFiles::fingerprint);
-            let rotated = now_certs != certs;
+            let rotated = certs
+                .as_mut()
+                .is_some_and(|c| c.has_changed().unwrap_or(false));
+            let tls = certs.as_ref().map(|c| c.borrow().clone());
             match tokio::net::lookup_host((host.as_str(), port)).await {
                 Ok(found) => {
                     let found: HashSet<SocketAddr> = found.collect();
@@ -97,7 +202,7 @@ fn channel(name: &'static str, url: &str, tls: Option<ClientFiles>) -> Result<Ch
                     let mut inserts = Vec::new();
                     let mut ok = true;
                     for addr in found.iter().filter(|a| rotated || !current.contains(a)) {
-                        match make(*addr) {
+                        match make(*addr, tls.as_deref()) {
                             Ok(ep) => inserts.push((*addr, ep)),
                             Err(e) => {
                                 tracing::warn!(backend = name, error = %e, "cannot build a backend connection; keeping the old ones");
@@ -128,7 +233,9 @@ fn channel(name: &'static str, url: &str, tls: Option<ClientFiles>) -> Result<Ch
                                 backend = name,
                                 "internal certificate changed: new connections use it"
                             );
-                            certs = now_certs;
+                            if let Some(c) = certs.as_mut() {
+                                c.mark_unchanged();
+                            }
                         }
                         if found != current {
                             tracing::info!(
@@ -164,23 +271,26 @@ impl Backends {
         access_url: &str,
         tls: Option<ClientFiles>,
     ) -> Result<Self> {
+        const FLAG: &str = "flag-service";
+        const ATTENDANCE: &str = "attendance-service";
+        const ACCESS: &str = "access-service";
         Ok(Backends {
-            flag: channel("flag-service", flag_url, tls.clone())?,
-            attendance: channel("attendance-service", attendance_url, tls.clone())?,
-            access: channel("access-service", access_url, tls)?,
+            flag: Backend::new(
+                FLAG,
+                channel(FLAG, flag_url, tls.clone())?,
+                FlagRegistryClient::new,
+            ),
+            attendance: Backend::new(
+                ATTENDANCE,
+                channel(ATTENDANCE, attendance_url, tls.clone())?,
+                AttendanceLogClient::new,
+            ),
+            access: Backend::new(
+                ACCESS,
+                channel(ACCESS, access_url, tls)?,
+                AccessControlClient::new,
+            ),
         })
-    }
-
-    pub fn flag(&self) -> FlagRegistryClient<Traced> {
-        FlagRegistryClient::new(Traced::new(self.flag.clone(), "flag-service"))
-    }
-
-    pub fn attendance(&self) -> AttendanceLogClient<Traced> {
-        AttendanceLogClient::new(Traced::new(self.attendance.clone(), "attendance-service"))
-    }
-
-    pub fn access(&self) -> AccessControlClient<Traced> {
-        AccessControlClient::new(Traced::new(self.access.clone(), "access-service"))
     }
 }
 
@@ -200,7 +310,10 @@ async fn serving(channel: &Channel) -> bool {
 pub async fn watch(backends: Backends, readiness: Readiness, shutdown: Shutdown) {
     let mut was = None;
     loop {
-        let (access, flag) = tokio::join!(serving(&backends.access), serving(&backends.flag));
+        let (access, flag) = tokio::join!(
+            serving(&backends.access.channel),
+            serving(&backends.flag.channel)
+        );
         let ready = access && flag;
         if was != Some(ready) {
             if ready {

@@ -1,28 +1,13 @@
-//! How the gateway calls a backend: the deadline, the forwarded principal, the one mapping of
-//! a backend's failure to what the caller sees, and retries of `UNAVAILABLE` only — with
-//! backoff, within the deadline, and within a budget so retries cannot multiply an outage.
+//! The gateway's policy for backend calls, used by [`crate::backends::Backend`]: the one
+//! mapping of a backend's failure to what the caller sees, and retries of `UNAVAILABLE` only,
+//! with backoff, within the deadline, and within a budget so retries cannot multiply an outage.
 
 use crate::deadline::Deadline;
-use cpis_proto::access::Principal;
-use platform::error::{Error, Result};
+use platform::error::Error;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tonic::{Code, Request, Status};
-
-/// A request to a backend, bounded by the caller's deadline, carrying the principal if any.
-pub fn request<T>(
-    message: T,
-    deadline: &Deadline,
-    principal: Option<&Principal>,
-) -> Result<Request<T>> {
-    let mut request = Request::new(message);
-    request.set_timeout(deadline.for_backend()?);
-    if let Some(p) = principal {
-        platform::principal::attach(request.metadata_mut(), p);
-    }
-    Ok(request)
-}
+use tonic::{Code, Status};
 
 /// What the caller sees when `backend` failed: `UNAVAILABLE` (with RetryInfo) for anything
 /// that means "could not answer", our own services' shaped statuses unchanged otherwise.

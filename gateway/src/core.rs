@@ -4,7 +4,6 @@
 
 use crate::auth::Authenticator;
 use crate::backends::Backends;
-use crate::calls::{self, RetryBudget};
 use crate::deadline::Deadline;
 use cpis_proto::access::{DecideRequest, Decision, Principal, ResolveSystemRequest};
 use cpis_proto::gateway::Setting;
@@ -20,7 +19,6 @@ pub struct Core {
     pub auth: Authenticator,
     pub readiness: Readiness,
     pub shutdown: Shutdown,
-    pub retries: RetryBudget,
 }
 
 /// What the caller asks to do, as access-service decides it.
@@ -67,8 +65,7 @@ fn sent_trace_id(metadata: &MetadataMap) -> String {
     metadata
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split('-').nth(1))
-        .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .and_then(platform::telemetry::trace_id_of_traceparent)
         .map(str::to_owned)
         .unwrap_or_default()
 }
@@ -92,9 +89,9 @@ impl Core {
         };
         let deadline = Deadline::after(std::time::Duration::from_secs(5));
         let resolved = self
+            .backends
+            .access
             .call(
-                "access-service",
-                self.backends.access(),
                 ResolveSystemRequest { san: san.clone() },
                 None,
                 &deadline,
@@ -139,19 +136,13 @@ impl Core {
             trace_id: trace_id(metadata),
             upload_id: intent.upload_id,
         };
-        let client = self.backends.access();
-        let decision = calls::with_retry(&self.retries, deadline, || {
-            let message = message.clone();
-            let mut client = client.clone();
-            async move {
-                let request =
-                    calls::request(message, deadline, None).map_err(tonic::Status::from)?;
-                client.decide(request).await
-            }
-        })
-        .await
-        .map_err(|s| calls::backend_error("access-service", s))?
-        .into_inner();
+        let decision = self
+            .backends
+            .access
+            .call(message, None, deadline, |mut c, r| async move {
+                c.decide(r).await
+            })
+            .await?;
         if !decision.allowed {
             let reason = DenyReason::parse(&decision.reason).unwrap_or(DenyReason::MissingActivity);
             return Err(Error::denied(reason));
@@ -173,52 +164,6 @@ pub fn fingerprint(parts: &[&[u8]]) -> Vec<u8> {
         ctx.update(part);
     }
     ctx.finish().as_ref().to_vec()
-}
-
-impl Core {
-    /// One backend call with the deadline, the principal and retries of `UNAVAILABLE`; its
-    /// failure mapped once, by [`calls::backend_error`].
-    pub async fn call<C, Req, Resp, F, Fut>(
-        &self,
-        backend: &'static str,
-        client: C,
-        message: Req,
-        principal: Option<&Principal>,
-        deadline: &Deadline,
-        f: F,
-    ) -> Result<Resp>
-    where
-        C: Clone,
-        Req: Clone,
-        F: Fn(C, tonic::Request<Req>) -> Fut,
-        Fut:
-            std::future::Future<Output = std::result::Result<tonic::Response<Resp>, tonic::Status>>,
-    {
-        calls::with_retry(&self.retries, deadline, || {
-            let request = calls::request(message.clone(), deadline, principal);
-            let client = client.clone();
-            let f = &f;
-            async move {
-                let request = request.map_err(tonic::Status::from)?;
-                let budget = request
-                    .metadata()
-                    .get("grpc-timeout")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(crate::deadline::parse_grpc_timeout)
-                    .unwrap_or(crate::deadline::DEFAULT_TIMEOUT);
-                // A backend with no reachable address would otherwise hold the call forever.
-                match tokio::time::timeout(budget, f(client, request)).await {
-                    Ok(answer) => answer,
-                    Err(_) => Err(tonic::Status::deadline_exceeded(format!(
-                        "{backend} did not answer in time"
-                    ))),
-                }
-            }
-        })
-        .await
-        .map(tonic::Response::into_inner)
-        .map_err(|s| calls::backend_error(backend, s))
-    }
 }
 
 #[cfg(test)]
@@ -243,5 +188,12 @@ mod tests {
         assert_eq!(sent_trace_id(&md), "4bf92f3577b34da6a3ce929d0e0e4736");
         md.insert("traceparent", "garbage".parse().unwrap());
         assert_eq!(sent_trace_id(&md), "");
+        md.insert(
+            "traceparent",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(sent_trace_id(&md), "", "W3C trace ids are lower-case hex");
     }
 }

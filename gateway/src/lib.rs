@@ -14,7 +14,6 @@ mod deadline;
 mod lookup;
 mod obligations;
 mod streams;
-mod validate;
 
 pub use auth::Authenticator;
 pub use backends::Backends;
@@ -131,7 +130,6 @@ impl Component for Gateway {
                 path.clone(),
                 args.token_issuer.clone(),
                 args.token_audience.clone(),
-                shutdown.clone(),
             )?,
             None => {
                 tracing::warn!("no --jwks-file: every user token will be refused");
@@ -143,7 +141,6 @@ impl Component for Gateway {
             auth,
             readiness: readiness.clone(),
             shutdown: shutdown.clone(),
-            retries: calls::RetryBudget::default(),
         });
         tokio::spawn(obligations::reconcile(core.clone(), RECONCILE_EVERY));
         let api = api::PublicApi { core };

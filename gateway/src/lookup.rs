@@ -12,9 +12,11 @@ use cpis_proto::attendance::SummarizeAttendancesRequest;
 use cpis_proto::flag::{AccessRecord, GetFlagsRequest};
 use cpis_proto::gateway::{AttendanceSummary, LookupChildRequest, LookupChildResponse, Setting};
 use platform::domain::NhsNumber;
-use platform::error::{Error, Result, Violations};
+use platform::error::{Error, Result};
+use platform::requests::LookupSetting;
 
-/// A lookup request after validation.
+/// A lookup request after validation (platform's validator, the one access-service applies
+/// to the same rule).
 struct ValidLookup {
     nhs_number: NhsNumber,
     intent: Intent,
@@ -22,48 +24,30 @@ struct ValidLookup {
 
 /// Every problem at once; nothing is decided or written for a bad request.
 fn validate(request: &LookupChildRequest) -> Result<ValidLookup> {
-    let mut v = Violations::new();
-    let nhs_number = v.nhs_number("nhs_number", &request.nhs_number);
-    let access_kind = v.access_kind("access_kind", request.access_kind);
-    let setting = request.setting.clone().unwrap_or_default();
-    let site = v.ods_code("setting.ods_code", &setting.ods_code);
-    let setting_type = v.setting_type("setting.setting_type", setting.setting_type);
-    if let (Some(kind), Some(st)) = (access_kind, setting_type)
-        && st.access_kind() != kind
-    {
-        v.add(
-            "setting.setting_type",
-            format!(
-                "{} is a {} setting; it cannot make an {} lookup",
-                st,
-                st.access_kind(),
-                kind
-            ),
-        );
-    }
-    v.max_len("request_id", &request.request_id, 128);
-    v.finish()?;
-    let (Some(nhs_number), Some(access_kind), Some(site), Some(setting_type)) =
-        (nhs_number, access_kind, site, setting_type)
-    else {
-        return Err(Error::internal("validated lookup lost a field"));
-    };
-    let setting = Setting {
-        ods_code: site.as_str().to_owned(),
-        setting_type: setting_type.into(),
-    };
+    let lookup = platform::requests::lookup_child(request)?;
+    let LookupSetting {
+        access_kind,
+        site,
+        setting_type,
+    } = lookup.setting;
     let print = fingerprint(&[
-        nhs_number.as_str().as_bytes(),
+        lookup.nhs_number.as_str().as_bytes(),
         access_kind.as_str().as_bytes(),
         site.as_str().as_bytes(),
         setting_type.as_str().as_bytes(),
     ]);
-    let mut intent = Intent::new("LookupChild").about(Some(nhs_number));
+    let mut intent = Intent::new("LookupChild").about(Some(lookup.nhs_number));
     intent.access_kind = Some(access_kind);
-    intent.setting = Some(setting);
-    intent.request_id = request.request_id.clone();
+    intent.setting = Some(Setting {
+        ods_code: site.as_str().to_owned(),
+        setting_type: setting_type.into(),
+    });
+    intent.request_id = lookup.request_id;
     intent.fingerprint = print;
-    Ok(ValidLookup { nhs_number, intent })
+    Ok(ValidLookup {
+        nhs_number: lookup.nhs_number,
+        intent,
+    })
 }
 
 impl Core {
@@ -105,17 +89,13 @@ impl Core {
             exclude_lookup_id: decision.lookup_id.clone(),
         };
 
-        let flags = self.call(
-            "flag-service",
-            self.backends.flag(),
-            flags_request,
-            None,
-            &deadline,
-            |mut c, r| async move { c.get_flags(r).await },
-        );
-        let summary = self.call(
-            "attendance-service",
-            self.backends.attendance(),
+        let flags =
+            self.backends
+                .flag
+                .call(flags_request, None, &deadline, |mut c, r| async move {
+                    c.get_flags(r).await
+                });
+        let summary = self.backends.attendance.call(
             summary_request,
             None,
             &deadline,
@@ -199,43 +179,6 @@ mod tests {
         .unwrap();
         assert_eq!(v.nhs_number.as_str(), "9434765919");
         assert_eq!(v.intent.setting.unwrap().ods_code, "RQX01");
-    }
-
-    #[test]
-    fn an_access_kind_inconsistent_with_the_setting_is_invalid() {
-        for (kind, st) in [
-            (AccessKind::Unscheduled, SettingType::GpPractice),
-            (AccessKind::Scheduled, SettingType::EmergencyDepartment),
-        ] {
-            let Err(Error::InvalidArgument(v)) = validate(&request(kind, st)) else {
-                panic!("accepted {kind:?} from {st:?}")
-            };
-            assert_eq!(v[0].field, "setting.setting_type");
-        }
-    }
-
-    #[test]
-    fn every_bad_field_is_reported() {
-        let bad = LookupChildRequest {
-            nhs_number: "123".into(),
-            access_kind: 0,
-            setting: None,
-            request_id: "x".repeat(200),
-        };
-        let Err(Error::InvalidArgument(v)) = validate(&bad) else {
-            panic!()
-        };
-        let fields: Vec<_> = v.iter().map(|f| f.field.as_str()).collect();
-        assert_eq!(
-            fields,
-            [
-                "nhs_number",
-                "access_kind",
-                "setting.ods_code",
-                "setting.setting_type",
-                "request_id"
-            ]
-        );
     }
 
     #[test]

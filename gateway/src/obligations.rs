@@ -3,7 +3,6 @@
 //! idempotent by lookup id. The lookup does it inline; when that fails, the reconciler —
 //! every gateway replica runs one, claims are leased — finishes it once the services are back.
 
-use crate::calls;
 use crate::core::Core;
 use crate::deadline::Deadline;
 use cpis_proto::access::{ClaimObligationsRequest, CompleteObligationRequest, Obligation};
@@ -30,16 +29,13 @@ pub async fn record_attendance(core: &Core, o: &Obligation, deadline: &Deadline)
         user_id: o.user_id.clone(),
         role_code: o.role_code.clone(),
     };
-    core.call(
-        "attendance-service",
-        core.backends.attendance(),
-        message,
-        None,
-        deadline,
-        |mut c, r| async move { c.record_attendance(r).await },
-    )
-    .await
-    .map(|_| ())
+    core.backends
+        .attendance
+        .call(message, None, deadline, |mut c, r| async move {
+            c.record_attendance(r).await
+        })
+        .await
+        .map(|_| ())
 }
 
 async fn store_notifications(core: &Core, o: &Obligation, deadline: &Deadline) -> Result<()> {
@@ -56,16 +52,13 @@ async fn store_notifications(core: &Core, o: &Obligation, deadline: &Deadline) -
             accessed_at: o.accessed_at,
         }),
     };
-    core.call(
-        "flag-service",
-        core.backends.flag(),
-        message,
-        None,
-        deadline,
-        |mut c, r| async move { c.get_flags(r).await },
-    )
-    .await
-    .map(|_| ())
+    core.backends
+        .flag
+        .call(message, None, deadline, |mut c, r| async move {
+            c.get_flags(r).await
+        })
+        .await
+        .map(|_| ())
 }
 
 /// Marks an obligation done; a failure only means the reconciler will redo idempotent work.
@@ -74,11 +67,15 @@ pub async fn complete(core: &Core, lookup_id: &str, claimant: &str, deadline: &D
         lookup_id: lookup_id.to_owned(),
         claimant: claimant.to_owned(),
     };
-    let Ok(request) = calls::request(message, deadline, None) else {
-        return;
-    };
-    if let Err(status) = core.backends.access().complete_obligation(request).await {
-        tracing::warn!(code = ?status.code(), "could not mark an obligation done; the reconciler will");
+    let done = core
+        .backends
+        .access
+        .call(message, None, deadline, |mut c, r| async move {
+            c.complete_obligation(r).await
+        })
+        .await;
+    if let Err(e) = done {
+        tracing::warn!(error = %e, "could not mark an obligation done; the reconciler will");
     }
 }
 
@@ -122,19 +119,18 @@ pub async fn reconcile(core: Arc<Core>, every: Duration) {
                 nanos: 0,
             }),
         };
-        let Ok(request) = calls::request(message, &deadline, None) else {
-            continue;
-        };
         let claimed = match core
             .backends
-            .access()
-            .claim_obligations(request)
+            .access
+            .call(message, None, &deadline, |mut c, r| async move {
+                c.claim_obligations(r).await
+            })
             .instrument(poll)
             .await
         {
-            Ok(r) => r.into_inner().obligations,
-            Err(status) => {
-                tracing::debug!(code = ?status.code(), "reconciler could not claim obligations");
+            Ok(r) => r.obligations,
+            Err(e) => {
+                tracing::debug!(error = %e, "reconciler could not claim obligations");
                 continue;
             }
         };

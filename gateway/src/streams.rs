@@ -11,12 +11,11 @@
 //! Watch: the registry's stream passed through; when this gateway shuts down it ends with
 //! `UNAVAILABLE` so the client resumes from its last cursor elsewhere.
 
-use crate::calls;
 use crate::core::{Core, Intent};
 use crate::deadline::Deadline;
-use crate::validate;
 use cpis_proto::gateway as pb;
 use platform::error::{Error, Result};
+use platform::requests::{self, UploadStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -84,9 +83,8 @@ impl Core {
                 )
             })?
             .ok_or_else(|| Error::invalid("records", "an upload must carry at least one record"))?;
-        validate::upload_id(&first.upload_id)?;
-        let mut total = validate::upload_message(&first.upload_id, &first, 0)?;
-        let upload_id = first.upload_id.clone();
+        let mut checked = UploadStream::default();
+        checked.message(&first)?;
         let mut intent = Intent::new("UploadFlags");
         intent.upload_id = first.upload_id.clone();
         let allowed = self.decide(principal, intent, &metadata, &deadline).await?;
@@ -101,8 +99,9 @@ impl Core {
                 records: vec![],
             }),
         };
-        let outbound = calls::request(body, &deadline, Some(&allowed.principal))?;
-        let mut client = self.backends.flag();
+        let flag = &self.backends.flag;
+        let outbound = flag.request(body, Some(&allowed.principal), Some(&deadline))?;
+        let mut client = flag.client();
         let call = client.upload_flags(outbound);
         tokio::pin!(call);
 
@@ -111,7 +110,7 @@ impl Core {
             loop {
                 match inbound.message().await {
                     Ok(Some(message)) => {
-                        total = validate::upload_message(&upload_id, &message, total)?;
+                        checked.message(&message)?;
                         if batch.records.len() + message.records.len() > RELAY_BATCH {
                             let full = std::mem::replace(&mut batch, message);
                             if tx.send(full).await.is_err() {
@@ -146,12 +145,12 @@ impl Core {
                 return Err(error);
             },
             answered = &mut call => {
-                return answered.map(tonic::Response::into_inner).map_err(|s| calls::backend_error("flag-service", s));
+                return answered.map(tonic::Response::into_inner).map_err(|s| flag.error(s));
             }
         }
         call.await
             .map(tonic::Response::into_inner)
-            .map_err(|s| calls::backend_error("flag-service", s))
+            .map_err(|s| flag.error(s))
     }
 
     pub async fn watch_notifications(
@@ -161,7 +160,7 @@ impl Core {
         let (metadata, extensions, message) = request.into_parts();
         let deadline = Deadline::from_metadata(&metadata);
         let principal = self.authenticate(&metadata, &extensions).await?;
-        validate::watch_notifications(&message)?;
+        requests::watch_notifications(&message)?;
         let allowed = self
             .decide(
                 principal,
@@ -171,14 +170,13 @@ impl Core {
             )
             .await?;
 
-        let mut outbound = Request::new(message);
-        platform::principal::attach(outbound.metadata_mut(), &allowed.principal);
-        let upstream = self
-            .backends
-            .flag()
+        let flag = self.backends.flag.clone();
+        let outbound = flag.request(message, Some(&allowed.principal), None)?;
+        let upstream = flag
+            .client()
             .watch_notifications(outbound)
             .await
-            .map_err(|s| calls::backend_error("flag-service", s))?
+            .map_err(|s| flag.error(s))?
             .into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let shutdown = self.shutdown.clone();
@@ -199,12 +197,7 @@ impl Core {
                         }
                     }
                     Some(Err(status)) => {
-                        let _ = tx
-                            .send(Err(Status::from(calls::backend_error(
-                                "flag-service",
-                                status,
-                            ))))
-                            .await;
+                        let _ = tx.send(Err(Status::from(flag.error(status)))).await;
                         return;
                     }
                     None => return,

@@ -4,7 +4,8 @@
 //! Redis cache ([`cache`]), health ([`health`]), serving with reflection and graceful stop
 //! ([`server`]) with malformed wire input answered as bad input ([`wire`]), shutdown
 //! ([`shutdown`]), the principal the gateway forwards ([`principal`]), AIP-158 pages
-//! ([`pagination`]), one validator per public request message ([`requests`]), and what
+//! ([`pagination`]), one validator per public request message ([`requests`]), files re-read on change
+//! ([`reload`]), and what
 //! operators see:
 //! logs and traces ([`telemetry`]), per-call spans and measurements ([`observe`]) and
 //! Prometheus metrics ([`metrics`]).
@@ -21,11 +22,13 @@ pub mod metrics;
 pub mod observe;
 pub mod pagination;
 pub mod principal;
+pub mod reload;
 pub mod requests;
 pub mod runtime;
 pub mod server;
 pub mod shed;
 pub mod shutdown;
+pub mod synthetic;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

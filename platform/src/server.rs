@@ -93,9 +93,6 @@ pub async fn spawn(
     let health = HealthServer::new(HealthService::from_health_reporter(readiness.reporter()));
     let all = with_reflection(routes.add_service(health.clone()), &config.services)?;
 
-    if let Some(tls) = config.tls.clone() {
-        tokio::spawn(tls.watch(shutdown.clone()));
-    }
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         // Outermost: shed calls are traced and counted too; innermost, undecodable requests

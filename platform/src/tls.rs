@@ -8,6 +8,7 @@
 
 use crate::config::TlsArgs;
 use crate::error::{Error, Result};
+use crate::reload::{self, Latest};
 use crate::shutdown::Shutdown;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -15,7 +16,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -23,8 +24,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 
-/// How often certificate files are checked for a change.
-pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -77,7 +76,7 @@ struct ServerFiles {
     auth: ClientAuth,
 }
 
-fn build_server(files: &ServerFiles) -> Result<Arc<rustls::ServerConfig>> {
+fn build_server(files: &ServerFiles) -> Result<rustls::ServerConfig> {
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::internal(format!("TLS versions: {e}")))?;
@@ -103,26 +102,13 @@ fn build_server(files: &ServerFiles) -> Result<Arc<rustls::ServerConfig>> {
         .with_single_cert(read_certs(&files.cert)?, read_key(&files.key)?)
         .map_err(|e| bad("certificate and key do not match:", &files.cert, e))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
-}
-
-/// The contents of the files a configuration was built from, to notice a change.
-fn fingerprint(paths: &[&Path]) -> Vec<u8> {
-    let mut all = Vec::new();
-    for p in paths {
-        all.extend(std::fs::read(p).unwrap_or_default());
-        all.push(0);
-    }
-    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &all)
-        .as_ref()
-        .to_vec()
+    Ok(config)
 }
 
 /// A server TLS configuration that follows its files.
 #[derive(Clone)]
 pub struct ServerTls {
-    current: Arc<RwLock<Arc<rustls::ServerConfig>>>,
-    files: ServerFiles,
+    current: Latest<rustls::ServerConfig>,
 }
 
 impl ServerTls {
@@ -138,53 +124,15 @@ impl ServerTls {
             client_ca: args.tls_client_ca.clone(),
             auth,
         };
-        let config = build_server(&files)?;
-        Ok(Some(ServerTls {
-            current: Arc::new(RwLock::new(config)),
-            files,
-        }))
+        let mut paths = vec![files.cert.clone(), files.key.clone()];
+        paths.extend(files.client_ca.clone());
+        let current = reload::watch_files("TLS certificate", paths, move || build_server(&files))?;
+        Ok(Some(ServerTls { current }))
     }
 
+    /// The acceptor for the next handshake, with the certificate as it is now.
     fn acceptor(&self) -> Option<TlsAcceptor> {
-        self.current
-            .read()
-            .ok()
-            .map(|c| TlsAcceptor::from(Arc::clone(&c)))
-    }
-
-    fn paths(&self) -> Vec<&Path> {
-        let mut p = vec![self.files.cert.as_path(), self.files.key.as_path()];
-        if let Some(ca) = &self.files.client_ca {
-            p.push(ca);
-        }
-        p
-    }
-
-    /// Re-reads the files every [`RELOAD_EVERY`] until shutdown.
-    pub async fn watch(self, shutdown: Shutdown) {
-        let mut seen = fingerprint(&self.paths());
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(RELOAD_EVERY) => {}
-                _ = shutdown.wait() => return,
-            }
-            let now = fingerprint(&self.paths());
-            if now == seen {
-                continue;
-            }
-            seen = now;
-            match build_server(&self.files) {
-                Ok(config) => {
-                    if let Ok(mut current) = self.current.write() {
-                        *current = config;
-                    }
-                    tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded");
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "TLS reload failed; keeping the previous certificate")
-                }
-            }
-        }
+        Some(TlsAcceptor::from(Arc::clone(&self.current.borrow())))
     }
 }
 
@@ -368,36 +316,60 @@ pub struct ClientFiles {
     pub identity: Option<(PathBuf, PathBuf)>,
 }
 
+/// The internal client certificate as read from its files, checked: it builds a client
+/// configuration for any of our services.
+#[derive(Debug)]
+pub struct ClientTls {
+    ca: Vec<u8>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl ClientTls {
+    /// A tonic client TLS configuration towards `domain`.
+    pub fn config(&self, domain: &str) -> tonic::transport::ClientTlsConfig {
+        let mut config = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca))
+            .domain_name(domain.to_owned());
+        if let Some((cert, key)) = &self.identity {
+            config = config.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        config
+    }
+}
+
 impl ClientFiles {
-    pub fn paths(&self) -> Vec<&Path> {
-        let mut p = vec![self.ca.as_path()];
+    fn paths(&self) -> Vec<PathBuf> {
+        let mut p = vec![self.ca.clone()];
         if let Some((c, k)) = &self.identity {
-            p.push(c);
-            p.push(k);
+            p.push(c.clone());
+            p.push(k.clone());
         }
         p
     }
 
-    /// A tonic client TLS configuration from the files as they are now, for `domain`.
-    pub fn client_config(&self, domain: &str) -> Result<tonic::transport::ClientTlsConfig> {
+    /// The files as they are now; a half-written one is refused here, not at a handshake.
+    pub fn load(&self) -> Result<ClientTls> {
         let read = |p: &Path| std::fs::read(p).map_err(|e| bad("cannot read", p, e));
-        // Parse first so a half-written file is refused here, not at the next handshake.
         read_certs(&self.ca)?;
-        let mut config = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(read(&self.ca)?))
-            .domain_name(domain.to_owned());
-        if let Some((cert, key)) = &self.identity {
-            read_certs(cert)?;
-            read_key(key)?;
-            config = config.identity(tonic::transport::Identity::from_pem(
-                read(cert)?,
-                read(key)?,
-            ));
-        }
-        Ok(config)
+        let identity = match &self.identity {
+            Some((cert, key)) => {
+                read_certs(cert)?;
+                read_key(key)?;
+                Some((read(cert)?, read(key)?))
+            }
+            None => None,
+        };
+        Ok(ClientTls {
+            ca: read(&self.ca)?,
+            identity,
+        })
     }
 
-    pub fn fingerprint(&self) -> Vec<u8> {
-        fingerprint(&self.paths())
+    /// The latest good [`ClientTls`], re-read when the files change.
+    pub fn watch(&self) -> Result<Latest<ClientTls>> {
+        let files = self.clone();
+        reload::watch_files("internal client certificate", self.paths(), move || {
+            files.load()
+        })
     }
 }

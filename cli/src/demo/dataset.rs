@@ -5,6 +5,7 @@ use anyhow::Context;
 use chrono::NaiveDate;
 use cpis_proto::gateway as pb;
 use platform::domain::{FlagType, NhsNumber, SettingType};
+use platform::synthetic::SplitMix64;
 use std::collections::HashSet;
 use std::path::Path;
 
@@ -63,39 +64,6 @@ pub struct Dataset {
     pub local_authorities: Vec<LocalAuthority>,
     pub trusts: Vec<Trust>,
     pub attendances: Vec<DemoAttendance>,
-}
-
-/// splitmix64: small, fast, and the same everywhere, which is all synthetic data needs.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform enough in `0..n` for synthetic data (n > 0).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
-    }
-
-    fn percent(&mut self, p: u64) -> bool {
-        self.below(100) < p
-    }
-
-    fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            let j = self.below(i as u64 + 1) as usize;
-            items.swap(i, j);
-        }
-    }
 }
 
 const PLACE_STARTS: [&str; 32] = [
