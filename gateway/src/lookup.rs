@@ -9,7 +9,7 @@ use crate::core::{Core, Intent, fingerprint};
 use crate::deadline::Deadline;
 use crate::obligations;
 use cpis_proto::attendance::SummarizeAttendancesRequest;
-use cpis_proto::flag::{AccessRecord, GetFlagsRequest};
+use cpis_proto::flag::GetFlagsRequest;
 use cpis_proto::gateway::{AttendanceSummary, LookupChildRequest, LookupChildResponse, Setting};
 use platform::domain::NhsNumber;
 use platform::error::{Error, Result};
@@ -73,15 +73,7 @@ impl Core {
         let flags_request = GetFlagsRequest {
             nhs_numbers: vec![nhs.clone()],
             as_of: Some(as_of),
-            notify: obligation.as_ref().map(|o| AccessRecord {
-                lookup_id: o.lookup_id.clone(),
-                user_id: o.user_id.clone(),
-                role_code: o.role_code.clone(),
-                site_ods_code: o.site_ods_code.clone(),
-                organisation_name: o.organisation_name.clone(),
-                setting_type: o.setting_type,
-                accessed_at: o.accessed_at,
-            }),
+            notify: obligation.as_ref().map(obligations::access_record),
         };
         let summary_request = SummarizeAttendancesRequest {
             nhs_numbers: vec![nhs.clone()],

@@ -38,19 +38,25 @@ pub async fn record_attendance(core: &Core, o: &Obligation, deadline: &Deadline)
         .map(|_| ())
 }
 
+/// Who looked, where and when: what a notifying read of the registry stores with the LA's
+/// notifications.
+pub fn access_record(o: &Obligation) -> AccessRecord {
+    AccessRecord {
+        lookup_id: o.lookup_id.clone(),
+        user_id: o.user_id.clone(),
+        role_code: o.role_code.clone(),
+        site_ods_code: o.site_ods_code.clone(),
+        organisation_name: o.organisation_name.clone(),
+        setting_type: o.setting_type,
+        accessed_at: o.accessed_at,
+    }
+}
+
 async fn store_notifications(core: &Core, o: &Obligation, deadline: &Deadline) -> Result<()> {
     let message = GetFlagsRequest {
         nhs_numbers: vec![o.nhs_number.clone()],
         as_of: o.accessed_at,
-        notify: Some(AccessRecord {
-            lookup_id: o.lookup_id.clone(),
-            user_id: o.user_id.clone(),
-            role_code: o.role_code.clone(),
-            site_ods_code: o.site_ods_code.clone(),
-            organisation_name: o.organisation_name.clone(),
-            setting_type: o.setting_type,
-            accessed_at: o.accessed_at,
-        }),
+        notify: Some(access_record(o)),
     };
     core.backends
         .flag
