@@ -42,6 +42,14 @@ struct Claims {
     exp: u64,
 }
 
+/// The user a call's token named, verified at admission.
+#[derive(Clone, Debug)]
+pub struct Admitted(pub Principal);
+
+fn missing_token() -> Error {
+    Error::Unauthenticated("a bearer token is required (authorization: Bearer <token>)".into())
+}
+
 struct VerificationKey {
     key: DecodingKey,
     algorithm: Algorithm,
@@ -154,11 +162,35 @@ impl Authenticator {
 
     /// The principal of a call carrying `authorization: Bearer <token>`.
     pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Principal> {
-        let header = metadata.get("authorization").ok_or_else(|| {
-            Error::Unauthenticated(
-                "a bearer token is required (authorization: Bearer <token>)".into(),
-            )
-        })?;
+        self.authenticate_headers(metadata.as_ref())
+    }
+
+    /// Admission, from the headers alone: a call with a bearer token is admitted only if the
+    /// token verifies (its principal is left in the extensions for the handler, so it is
+    /// verified once); one without, only if its connection presented a verified client
+    /// certificate (a council system, which access-service then resolves). Anything else is
+    /// refused before it takes a permit or has its body read.
+    pub fn admission(&self) -> platform::admit::Admit {
+        let auth = self.clone();
+        Arc::new(move |headers, extensions| {
+            if headers.contains_key("authorization") {
+                let principal = auth.authenticate_headers(headers)?;
+                extensions.insert(Admitted(principal));
+                return Ok(());
+            }
+            let has_certificate = extensions
+                .get::<platform::tls::PeerInfo>()
+                .is_some_and(|p| !p.client_sans.is_empty());
+            if has_certificate {
+                Ok(())
+            } else {
+                Err(missing_token())
+            }
+        })
+    }
+
+    fn authenticate_headers(&self, headers: &http::HeaderMap) -> Result<Principal> {
+        let header = headers.get("authorization").ok_or_else(missing_token)?;
         let value = header
             .to_str()
             .map_err(|_| Error::Unauthenticated("malformed authorization header".into()))?;

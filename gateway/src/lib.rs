@@ -82,6 +82,15 @@ pub struct GatewayArgs {
     /// The `aud` every user token must carry.
     #[arg(long, env = "CPIS_TOKEN_AUDIENCE", default_value = "cpis")]
     pub token_audience: String,
+
+    /// WatchNotifications streams this gateway relays at once, in all. Watches have their own
+    /// capacity: they never take the permits unary calls need.
+    #[arg(long, env = "CPIS_MAX_WATCHES", default_value_t = 1024)]
+    pub max_watches: usize,
+
+    /// WatchNotifications streams open at once for one organisation (ODS code).
+    #[arg(long, env = "CPIS_MAX_WATCHES_PER_ORGANISATION", default_value_t = 8)]
+    pub max_watches_per_organisation: usize,
 }
 
 /// How often each replica's reconciler looks for obligations left pending.
@@ -141,8 +150,10 @@ impl Component for Gateway {
             auth,
             readiness: readiness.clone(),
             shutdown: shutdown.clone(),
+            watches: streams::WatchLimits::new(args.max_watches, args.max_watches_per_organisation),
         });
         tokio::spawn(obligations::reconcile(core.clone(), RECONCILE_EVERY));
+        let admit = core.auth.admission();
         let api = api::PublicApi { core };
         // Every public service caps what it decodes: a 5,000-record upload batch fits with room.
         let max = server::MAX_MESSAGE_BYTES;
@@ -167,6 +178,7 @@ impl Component for Gateway {
             )?,
             health_listen: args.serve.health_listen,
             max_in_flight: args.serve.max_in_flight,
+            admit: Some(admit),
         };
         server::spawn(config, listener, routes, readiness, shutdown).await
     }

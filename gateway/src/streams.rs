@@ -9,15 +9,19 @@
 //! such a stream whole (API.md: a changing `upload_id` is `INVALID_ARGUMENT`), applying nothing.
 //!
 //! Watch: the registry's stream passed through; when this gateway shuts down it ends with
-//! `UNAVAILABLE` so the client resumes from its last cursor elsewhere.
+//! `UNAVAILABLE` so the client resumes from its last cursor elsewhere. A watch ends with its
+//! caller: the relay stops, and drops the registry's stream, as soon as the client cancels or
+//! disconnects. Watches are bounded by limits of their own ([`WatchLimits`]), in all and per
+//! organisation, and never hold a load-shedding permit.
 
 use crate::core::{Core, Intent};
 use crate::deadline::Deadline;
 use cpis_proto::gateway as pb;
 use platform::error::{Error, Result};
 use platform::requests::{self, UploadStream};
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -55,6 +59,82 @@ impl tokio_stream::Stream for UploadBody {
             }
             other => other,
         }
+    }
+}
+
+/// The ErrorInfo reason of a watch refused for want of capacity.
+pub const TOO_MANY_WATCHES: &str = "TOO_MANY_WATCHES";
+
+/// How many watches may be open through this gateway: in all, and per organisation.
+pub struct WatchLimits {
+    total: Arc<tokio::sync::Semaphore>,
+    per_organisation: usize,
+    open: Arc<Mutex<HashMap<String, usize>>>,
+    gauge: platform::metrics::IntGauge,
+}
+
+/// One open watch's share of the limits, given back when the relay ends.
+pub struct WatchSlot {
+    _total: tokio::sync::OwnedSemaphorePermit,
+    organisation: String,
+    open: Arc<Mutex<HashMap<String, usize>>>,
+    gauge: platform::metrics::IntGauge,
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        self.gauge.dec();
+        if let Ok(mut open) = self.open.lock()
+            && let Some(n) = open.get_mut(&self.organisation)
+        {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.organisation);
+            }
+        }
+    }
+}
+
+impl WatchLimits {
+    pub fn new(total: usize, per_organisation: usize) -> Self {
+        WatchLimits {
+            total: Arc::new(tokio::sync::Semaphore::new(total)),
+            per_organisation,
+            open: Arc::new(Mutex::new(HashMap::new())),
+            gauge: platform::metrics::metrics().open_watches(crate::NAME),
+        }
+    }
+
+    /// A slot for one more watch of `organisation`, or `RESOURCE_EXHAUSTED` with reason
+    /// `TOO_MANY_WATCHES`.
+    pub fn admit(&self, organisation: &str) -> Result<WatchSlot> {
+        let refused = |why: &str| Error::ResourceExhausted {
+            reason: TOO_MANY_WATCHES,
+            message: format!("{why}; close a watch or retry later"),
+        };
+        let mut open = self
+            .open
+            .lock()
+            .map_err(|_| Error::internal("watch limits poisoned"))?;
+        let count = open.entry(organisation.to_owned()).or_insert(0);
+        if *count >= self.per_organisation {
+            return Err(refused(
+                "this organisation has as many watches open as it may",
+            ));
+        }
+        let total = self
+            .total
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| refused("this gateway relays as many watches as it may"))?;
+        *count += 1;
+        self.gauge.inc();
+        Ok(WatchSlot {
+            _total: total,
+            organisation: organisation.to_owned(),
+            open: self.open.clone(),
+            gauge: self.gauge.clone(),
+        })
     }
 }
 
@@ -161,6 +241,9 @@ impl Core {
         let deadline = Deadline::from_metadata(&metadata);
         let principal = self.authenticate(&metadata, &extensions).await?;
         requests::watch_notifications(&message)?;
+        // Before the decision: a watch refused for capacity is neither decided nor audited,
+        // so an attack on the limit cannot grow the audit log either.
+        let slot = self.watches.admit(&principal.ods_code)?;
         let allowed = self
             .decide(
                 principal,
@@ -181,10 +264,14 @@ impl Core {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
+            // Held for the relay's life: the slot and the registry's stream go together.
+            let _slot = slot;
             let mut upstream = upstream;
             loop {
                 let item = tokio::select! {
                     item = upstream.next() => item,
+                    // The caller cancelled or went away: end now, not at the next notification.
+                    _ = tx.closed() => return,
                     _ = shutdown.wait() => {
                         let _ = tx.send(Err(Status::unavailable("the gateway is shutting down; resume from your last cursor"))).await;
                         return;

@@ -2,7 +2,7 @@
 //! ([`config`]), validated domain types ([`domain`]), the one error type and its mapping to
 //! gRPC statuses ([`error`]), the database and its migrations ([`database`]), the optional
 //! Redis cache ([`cache`]), health ([`health`]), serving with reflection and graceful stop
-//! ([`server`]) with malformed wire input answered as bad input ([`wire`]), shutdown
+//! ([`server`]) with callers admitted before they cost anything ([`admit`]) and malformed wire input answered as bad input ([`wire`]), shutdown
 //! ([`shutdown`]), the principal the gateway forwards ([`principal`]), AIP-158 pages
 //! ([`pagination`]), one validator per public request message ([`requests`]), files re-read on change
 //! ([`reload`]), and what
@@ -12,6 +12,7 @@
 //!
 //! This crate knows no service: services depend on it, never the reverse.
 
+pub mod admit;
 pub mod cache;
 pub mod config;
 pub mod database;

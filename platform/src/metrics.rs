@@ -11,15 +11,19 @@
 //!   up (hit ratio = hits / (hits + misses));
 //! - access-service's audit writer: `cpis_audit_queue_depth`, decisions waiting to commit;
 //! - flag-service's outbox: `cpis_notification_backlog{la}`, notifications beyond each LA's
-//!   acknowledged cursor (refreshed from storage periodically and at each scrape).
+//!   acknowledged cursor (refreshed from storage periodically and at each scrape);
+//! - capacity: `cpis_calls_in_flight{component}`, load-shedding permits in use
+//!   ([`crate::shed`]), and `cpis_open_watches{component}`, notification watches the gateway
+//!   is relaying, so an attack's state and its return to baseline can be seen.
 //!
 //! Labels hold names and codes only, never a value from a request.
 
 use crate::error::{Error, Result};
 use crate::shutdown::Shutdown;
+/// What the gauge accessors hand out, for a caller to move as its state changes.
+pub use prometheus::IntGauge;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::future::Future;
 use std::net::SocketAddr;
@@ -48,6 +52,8 @@ pub struct Metrics {
     cache_lookups: IntCounterVec,
     audit_queue_depth: IntGauge,
     notification_backlog: IntGaugeVec,
+    calls_in_flight: IntGaugeVec,
+    open_watches: IntGaugeVec,
     refreshes: Mutex<Vec<Refresh>>,
 }
 
@@ -101,6 +107,22 @@ fn build() -> prometheus::Result<Metrics> {
         ),
         &["la"],
     )?;
+    let calls_in_flight = IntGaugeVec::new(
+        Opts::new(
+            "cpis_calls_in_flight",
+            "Calls holding one of the server's load-shedding permits (streams while they stream)",
+        ),
+        &["component"],
+    )?;
+    let open_watches = IntGaugeVec::new(
+        Opts::new(
+            "cpis_open_watches",
+            "WatchNotifications streams open through this gateway",
+        ),
+        &["component"],
+    )?;
+    registry.register(Box::new(calls_in_flight.clone()))?;
+    registry.register(Box::new(open_watches.clone()))?;
     registry.register(Box::new(rpc_requests.clone()))?;
     registry.register(Box::new(rpc_duration.clone()))?;
     registry.register(Box::new(backend_calls.clone()))?;
@@ -117,6 +139,8 @@ fn build() -> prometheus::Result<Metrics> {
         cache_lookups,
         audit_queue_depth,
         notification_backlog,
+        calls_in_flight,
+        open_watches,
         refreshes: Mutex::new(Vec::new()),
     })
 }
@@ -194,6 +218,16 @@ impl Metrics {
     pub fn audit_queue_depth(&self, depth: usize) {
         self.audit_queue_depth
             .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    /// The gauge of `component`'s load-shedding permits in use.
+    pub fn calls_in_flight(&self, component: &str) -> IntGauge {
+        self.calls_in_flight.with_label_values(&[component])
+    }
+
+    /// The gauge of the watches `component` relays.
+    pub fn open_watches(&self, component: &str) -> IntGauge {
+        self.open_watches.with_label_values(&[component])
     }
 
     /// Replaces the whole backlog gauge: an LA gone from `backlogs` stops being reported.

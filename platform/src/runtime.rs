@@ -200,6 +200,8 @@ async fn start_backend<M: MigratorTrait + Send + Sync + 'static>(
         tls: crate::tls::ServerTls::from_args(&args.tls, crate::tls::ClientAuth::Required)?,
         health_listen: args.health_listen,
         max_in_flight: args.max_in_flight,
+        // Peers are authenticated by mTLS (or loopback in development) at the connection.
+        admit: None,
     };
     let running = server::spawn(config, listener, routes, readiness, shutdown).await?;
     Ok((running, context))

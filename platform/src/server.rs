@@ -28,6 +28,9 @@ pub struct ServeConfig {
     pub health_listen: Option<SocketAddr>,
     /// Calls in flight past which new ones are shed with `RESOURCE_EXHAUSTED`.
     pub max_in_flight: usize,
+    /// Who may cost this server anything, checked from the headers before a permit is taken
+    /// or the body read ([`crate::admit`]); `None` admits every call.
+    pub admit: Option<crate::admit::Admit>,
 }
 
 /// Largest message a server accepts: a full upload batch of 5,000 records fits with room.
@@ -54,11 +57,56 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
         .map_err(|e| Error::internal(format!("cannot listen on {addr}: {e}")))
 }
 
+/// The descriptors of the files that declare `services`, and of the files they import, so
+/// reflection describes what this process serves and nothing else: the public gateway never
+/// reveals the internal services or their messages (`cpis.access.v1.Principal`).
+pub fn descriptors_for(services: &[&str]) -> Result<Vec<u8>> {
+    use prost::Message;
+    use std::collections::{BTreeSet, HashMap};
+    let all = prost_types::FileDescriptorSet::decode(cpis_proto::FILE_DESCRIPTOR_SET)
+        .map_err(|e| Error::internal(format!("descriptor set: {e}")))?;
+    let by_name: HashMap<&str, &prost_types::FileDescriptorProto> =
+        all.file.iter().map(|f| (f.name(), f)).collect();
+    let declares = |f: &prost_types::FileDescriptorProto| {
+        f.service
+            .iter()
+            .any(|s| services.contains(&format!("{}.{}", f.package(), s.name()).as_str()))
+    };
+    let mut wanted: BTreeSet<&str> = all
+        .file
+        .iter()
+        .filter(|f| declares(f))
+        .map(|f| f.name())
+        .collect();
+    let mut pending: Vec<&str> = wanted.iter().copied().collect();
+    while let Some(name) = pending.pop() {
+        for dependency in by_name
+            .get(name)
+            .map(|f| f.dependency.as_slice())
+            .unwrap_or(&[])
+        {
+            if by_name.contains_key(dependency.as_str()) && wanted.insert(dependency) {
+                pending.push(dependency);
+            }
+        }
+    }
+    let kept = prost_types::FileDescriptorSet {
+        file: all
+            .file
+            .iter()
+            .filter(|f| wanted.contains(f.name()))
+            .cloned()
+            .collect(),
+    };
+    Ok(kept.encode_to_vec())
+}
+
 /// Adds reflection (v1 and v1alpha), listing only what this process serves.
 fn with_reflection(routes: Routes, services: &[&'static str]) -> Result<Routes> {
+    let descriptors = descriptors_for(services)?;
     let configure = || {
         let mut builder = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(cpis_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(&descriptors)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .with_service_name("grpc.health.v1.Health")
             .with_service_name("grpc.reflection.v1.ServerReflection")
@@ -98,7 +146,10 @@ pub async fn spawn(
         // Outermost: shed calls are traced and counted too; innermost, undecodable requests
         // become INVALID_ARGUMENT before anything else sees them.
         .layer(crate::observe::ObserveLayer::new(config.name))
-        .layer(crate::shed::ShedLayer::new(config.max_in_flight))
+        .layer(crate::shed::ShedLayer::new(
+            config.name,
+            config.max_in_flight,
+        ))
         .layer(crate::wire::WireErrorsLayer);
     let router = builder.add_routes(all);
 
@@ -144,4 +195,25 @@ pub async fn spawn(
         }
     });
     Ok(Running { addr, task })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use prost::Message;
+
+    #[test]
+    fn the_public_descriptors_hold_the_public_api_and_nothing_internal() {
+        let bytes = descriptors_for(&[cpis_proto::service_names::CHILD_PROTECTION]).unwrap();
+        let set = prost_types::FileDescriptorSet::decode(bytes.as_slice()).unwrap();
+        let packages: Vec<&str> = set.file.iter().map(|f| f.package()).collect();
+        assert!(packages.contains(&"cpis.gateway.v1"));
+        assert!(
+            packages.iter().all(|p| !p.starts_with("cpis.access")
+                && !p.starts_with("cpis.flag")
+                && !p.starts_with("cpis.attendance")),
+            "{packages:?}"
+        );
+    }
 }

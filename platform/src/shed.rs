@@ -1,6 +1,9 @@
 //! Load shedding: past a fixed number of calls in flight, a new call is refused at once with
 //! `RESOURCE_EXHAUSTED` instead of queueing until every caller times out. Health and
-//! reflection are never shed, so probes keep seeing the truth under load.
+//! reflection are never shed, so probes keep seeing the truth under load. Notification watches
+//! do not draw on this capacity either: a watch lasts hours, and the gateway bounds watches
+//! with limits of their own (in all and per organisation), so open watches can never take
+//! the permits lookups need. The permits in use are the gauge `cpis_calls_in_flight`.
 
 use crate::error::Error;
 use std::sync::Arc;
@@ -14,12 +17,14 @@ pub const OVERLOADED: &str = "OVERLOADED";
 #[derive(Clone)]
 pub struct ShedLayer {
     permits: Arc<Semaphore>,
+    in_flight: crate::metrics::IntGauge,
 }
 
 impl ShedLayer {
-    pub fn new(max_in_flight: usize) -> Self {
+    pub fn new(component: &str, max_in_flight: usize) -> Self {
         ShedLayer {
             permits: Arc::new(Semaphore::new(max_in_flight)),
+            in_flight: crate::metrics::metrics().calls_in_flight(component),
         }
     }
 }
@@ -30,6 +35,7 @@ impl<S> Layer<S> for ShedLayer {
         Shed {
             inner,
             permits: self.permits.clone(),
+            in_flight: self.in_flight.clone(),
         }
     }
 }
@@ -38,16 +44,31 @@ impl<S> Layer<S> for ShedLayer {
 pub struct Shed<S> {
     inner: S,
     permits: Arc<Semaphore>,
+    in_flight: crate::metrics::IntGauge,
 }
 
 fn exempt(path: &str) -> bool {
-    path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")
+    path.starts_with("/grpc.health.")
+        || path.starts_with("/grpc.reflection.")
+        || path.ends_with("/WatchNotifications")
+}
+
+/// A permit, counted in `cpis_calls_in_flight` while it is held.
+struct Permit {
+    _permit: OwnedSemaphorePermit,
+    in_flight: crate::metrics::IntGauge,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.in_flight.dec();
+    }
 }
 
 /// Keeps the permit until the response body is done, so streams count while they stream.
 pub struct Held<B> {
     body: B,
-    _permit: Option<OwnedSemaphorePermit>,
+    _permit: Option<Permit>,
 }
 
 impl<B: http_body::Body + Unpin> http_body::Body for Held<B> {
@@ -94,7 +115,13 @@ where
             None
         } else {
             match self.permits.clone().try_acquire_owned() {
-                Ok(p) => Some(p),
+                Ok(permit) => {
+                    self.in_flight.inc();
+                    Some(Permit {
+                        _permit: permit,
+                        in_flight: self.in_flight.clone(),
+                    })
+                }
                 Err(_) => {
                     let status = tonic::Status::from(Error::ResourceExhausted {
                         reason: OVERLOADED,
@@ -160,7 +187,7 @@ mod tests {
     #[tokio::test]
     async fn calls_beyond_the_limit_are_refused_at_once_with_resource_exhausted() {
         let gate = Arc::new(tokio::sync::Notify::new());
-        let service = ShedLayer::new(1).layer(Slow(gate.clone()));
+        let service = ShedLayer::new("test", 1).layer(Slow(gate.clone()));
         let first = tokio::spawn(
             service
                 .clone()

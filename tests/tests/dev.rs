@@ -41,6 +41,25 @@ async fn listed_services(addr: std::net::SocketAddr) -> BTreeSet<String> {
     }
 }
 
+/// Whether reflection describes `symbol` (a fully qualified message or service name).
+async fn describes(addr: std::net::SocketAddr, symbol: &str) -> bool {
+    let mut client = ServerReflectionClient::new(common::channel(addr).await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol(symbol.into())),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = stream.message().await.unwrap().unwrap();
+    matches!(
+        response.message_response,
+        Some(MessageResponse::FileDescriptorResponse(_))
+    )
+}
+
 fn args(dir: &std::path::Path) -> DevArgs {
     DevArgs {
         data_dir: dir.to_owned(),
@@ -79,6 +98,13 @@ async fn cpis_dev_serves_health_and_every_public_service_by_reflection() {
             .any(|s| s.starts_with("cpis.flag.") || s.starts_with("cpis.access.")),
         "the gateway must not advertise internal APIs: {listed:?}"
     );
+    assert!(describes(addr, "cpis.gateway.v1.LookupChildRequest").await);
+    for internal in ["cpis.access.v1.Principal", "cpis.flag.v1.FlagRegistry"] {
+        assert!(
+            !describes(addr, internal).await,
+            "the public gateway's reflection describes {internal}"
+        );
+    }
 
     // The development key and its JWKS are created in the data directory.
     assert!(dir.path().join("jwks.json").exists());
