@@ -15,7 +15,6 @@ pub mod entities;
 pub mod error;
 pub mod handlers;
 pub mod migration;
-pub mod pagination;
 pub mod rules;
 pub mod storage;
 

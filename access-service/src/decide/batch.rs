@@ -218,7 +218,7 @@ pub async fn commit(
         };
         let verdict = rules::decide(
             &caller.rules,
-            input.action.name(),
+            Some(input.action),
             org.and_then(organisations::standing),
             &context,
         );
