@@ -129,12 +129,6 @@ pub enum AccessDecision {
     Deny(DenyReason),
 }
 
-impl AccessDecision {
-    pub fn is_allowed(self) -> bool {
-        matches!(self, AccessDecision::Allow { .. })
-    }
-}
-
 /// What an action needs: one activity, and for some an onboarded organisation of one kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Requirement {

@@ -6,15 +6,15 @@
 
 use super::plan::{self, Head, KeyId, Known, OrganisationEntry, Plan, Writes, resolve};
 use super::request::{DecideInput, Identity};
-use crate::entities::{audit_head, audit_record, idempotency_key, obligation, system};
+use crate::entities::{audit_head, idempotency_key, obligation, system};
 use crate::error::AccessError;
 use crate::storage::{now_micros, organisations, systems};
 use cpis_proto::access::Decision;
 use platform::Result;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, ModelTrait,
+    QueryFilter, TransactionTrait,
 };
 use std::collections::HashMap;
 
@@ -147,36 +147,31 @@ async fn load<C: ConnectionTrait>(txn: &C, inputs: &[DecideInput]) -> Result<Kno
     })
 }
 
+/// Inserts rows of one table in one statement; with no rows, sends nothing.
+async fn insert_all<M, C>(txn: &C, rows: Vec<M>) -> Result<()>
+where
+    M: ModelTrait,
+    <M::Entity as EntityTrait>::ActiveModel: From<M>,
+    C: ConnectionTrait,
+{
+    <M::Entity as EntityTrait>::insert_many(
+        rows.into_iter()
+            .map(<M::Entity as EntityTrait>::ActiveModel::from),
+    )
+    .exec_without_returning(txn)
+    .await?;
+    Ok(())
+}
+
 /// Inserts what the plan built and moves the head to its last record.
 async fn write<C: ConnectionTrait>(txn: &C, writes: Writes) -> Result<()> {
     // Every request reused a request_id: nothing was decided, the head stays.
     if writes.records.is_empty() {
         return Ok(());
     }
-    audit_record::Entity::insert_many(
-        writes
-            .records
-            .into_iter()
-            .map(audit_record::ActiveModel::from),
-    )
-    .exec_without_returning(txn)
-    .await?;
-    obligation::Entity::insert_many(
-        writes
-            .obligations
-            .into_iter()
-            .map(obligation::ActiveModel::from),
-    )
-    .exec_without_returning(txn)
-    .await?;
-    idempotency_key::Entity::insert_many(
-        writes
-            .keys
-            .into_iter()
-            .map(idempotency_key::ActiveModel::from),
-    )
-    .exec_without_returning(txn)
-    .await?;
+    insert_all(txn, writes.records).await?;
+    insert_all(txn, writes.obligations).await?;
+    insert_all(txn, writes.keys).await?;
     audit_head::Entity::update_many()
         .col_expr(
             audit_head::Column::Sequence,

@@ -108,7 +108,8 @@ pub fn validate(request: DecideRequest) -> Result<DecideInput> {
 
     let lookup = if action == Some(Action::LookupChild) {
         match &request.setting {
-            // The rule LookupChildRequest has too (platform::requests), so the two agree.
+            // LookupChildRequest's own rule (platform::requests), so a lookup the gateway let
+            // through is read alike here.
             Some(setting) => lookup_setting(&mut v, request.access_kind, setting),
             None => {
                 // The access kind is still checked, so every violation is reported at once.

@@ -50,7 +50,7 @@ pub async fn find_many<C: ConnectionTrait>(
 }
 
 /// Registers the organisation, or replaces what is held for it (keeping its creation time).
-/// `onboarded` is no part of [`OrganisationUpsert`]: any value of it is valid.
+/// `onboarded` comes apart: [`OrganisationUpsert`] leaves it out, as every value is valid.
 pub async fn upsert(
     db: &DatabaseConnection,
     organisation: &OrganisationUpsert,
