@@ -405,7 +405,7 @@ mod tests {
             .results
             .iter()
             .map(|r| r.as_ref().unwrap())
-            .collect::<Vec<_>>()
+            .collect()
     }
 
     /// The earlier batch's key and pending obligation for `dr.jones`'s `request_id`.
