@@ -1,6 +1,8 @@
 //! Where each `cpis.access.v1.AccessControl` call enters: readiness, then who may call
-//! (the gateway, with the principal it forwards where the call needs one), then the module
-//! that does the work. Errors become statuses in one place, `platform::error`.
+//! (the gateway, with the principal it forwards where the call needs one), then the request
+//! checked by the same validator the gateway used (`platform::requests`), then the module that
+//! does the work. Each trait method only turns its inherent method's `platform::Result` into
+//! the answer; errors become statuses in one place, `platform::error`.
 
 use crate::audit::checkpoint::{CheckpointError, CheckpointSigner};
 use crate::audit::{list, verify};
@@ -22,6 +24,7 @@ use cpis_proto::gateway::{
 use platform::domain::{Activity, DenyReason};
 use platform::error::Violations;
 use platform::principal::{from_request, require_gateway_peer};
+use platform::requests;
 use platform::runtime::BackendContext;
 use platform::{Error, Result};
 use sea_orm::EntityTrait;
@@ -35,10 +38,6 @@ pub struct Handlers {
 }
 
 type Answer<T> = std::result::Result<Response<T>, Status>;
-
-fn answer<T>(result: Result<T>) -> Answer<T> {
-    result.map(Response::new).map_err(Status::from)
-}
 
 /// Defence in depth behind the gateway's Decide: the forwarded principal must hold the
 /// activity. A system never holds CPIS_ADMIN or CPIS_AUDIT.
@@ -66,7 +65,63 @@ impl Handlers {
         require_gateway_peer(request, &self.context.peer_trust)
     }
 
-    async fn checkpoint(&self) -> Result<Checkpoint> {
+    async fn decision(&self, request: Request<DecideRequest>) -> Result<Decision> {
+        self.called_by_gateway(&request)?;
+        self.decisions.decide(request.into_inner()).await
+    }
+
+    async fn system_identity(
+        &self,
+        request: Request<ResolveSystemRequest>,
+    ) -> Result<SystemIdentity> {
+        self.called_by_gateway(&request)?;
+        systems::resolve(&self.context.db, &request.get_ref().san).await
+    }
+
+    async fn upsert(&self, request: Request<UpsertOrganisationRequest>) -> Result<Organisation> {
+        self.on_behalf_of(&request, Activity::Admin)?;
+        let organisation = requests::upsert_organisation(request.get_ref())?;
+        organisations::upsert(&self.context.db, &organisation, request.get_ref().onboarded).await
+    }
+
+    async fn organisations(
+        &self,
+        request: Request<ListOrganisationsRequest>,
+    ) -> Result<ListOrganisationsResponse> {
+        self.on_behalf_of(&request, Activity::Admin)?;
+        let page = requests::list_organisations(request.get_ref())?;
+        organisations::list(&self.context.db, &page).await
+    }
+
+    async fn register(&self, request: Request<RegisterSystemRequest>) -> Result<System> {
+        self.on_behalf_of(&request, Activity::Admin)?;
+        let system = requests::register_system(request.get_ref())?;
+        systems::register(&self.context.db, &system).await
+    }
+
+    async fn systems(&self, request: Request<ListSystemsRequest>) -> Result<ListSystemsResponse> {
+        self.on_behalf_of(&request, Activity::Admin)?;
+        let page = requests::list_systems(request.get_ref())?;
+        systems::list(&self.context.db, &page).await
+    }
+
+    async fn remove(&self, request: Request<RemoveSystemRequest>) -> Result<()> {
+        self.on_behalf_of(&request, Activity::Admin)?;
+        let san = requests::remove_system(request.get_ref())?;
+        systems::remove(&self.context.db, &san).await
+    }
+
+    async fn audit_events(
+        &self,
+        request: Request<ListAuditEventsRequest>,
+    ) -> Result<ListAuditEventsResponse> {
+        self.on_behalf_of(&request, Activity::Audit)?;
+        let page = requests::list_audit_events(request.get_ref())?;
+        list::list(&self.context.db, &page).await
+    }
+
+    async fn checkpoint(&self, request: Request<()>) -> Result<Checkpoint> {
+        self.on_behalf_of(&request, Activity::Audit)?;
         let head = audit_head::Entity::find_by_id(audit_head::HEAD_ID)
             .one(&self.context.db)
             .await?
@@ -80,26 +135,28 @@ impl Handlers {
         })
     }
 
-    async fn verify(&self, request: VerifyAuditLogRequest) -> Result<VerifyAuditLogResponse> {
-        let trusted = match request.checkpoint {
+    /// The checkpoint's shape is checked by `platform::requests` (as the gateway does); its
+    /// signature only here, where the key is.
+    async fn verify(
+        &self,
+        request: Request<VerifyAuditLogRequest>,
+    ) -> Result<VerifyAuditLogResponse> {
+        self.on_behalf_of(&request, Activity::Audit)?;
+        requests::verify_audit_log(request.get_ref())?;
+        let trusted = match request.into_inner().checkpoint {
             None => None,
             Some(cp) => {
                 let mut v = Violations::new();
-                if cp.hash.len() != 32 {
-                    v.add("checkpoint.hash", "must be 32 bytes");
-                } else {
-                    match self
-                        .signer
-                        .verify(&cp.key_id, cp.sequence, &cp.hash, &cp.signature)
-                    {
-                        Ok(()) => {}
-                        Err(CheckpointError::UnknownKey) => {
-                            v.add("checkpoint.key_id", CheckpointError::UnknownKey.to_string())
-                        }
-                        Err(CheckpointError::BadSignature) => v.add(
-                            "checkpoint.signature",
-                            CheckpointError::BadSignature.to_string(),
-                        ),
+                match self
+                    .signer
+                    .verify(&cp.key_id, cp.sequence, &cp.hash, &cp.signature)
+                {
+                    Ok(()) => {}
+                    Err(e @ CheckpointError::UnknownKey) => {
+                        v.add("checkpoint.key_id", e.to_string())
+                    }
+                    Err(e @ CheckpointError::BadSignature) => {
+                        v.add("checkpoint.signature", e.to_string())
                     }
                 }
                 v.finish()?;
@@ -117,112 +174,89 @@ impl Handlers {
             problem: outcome.problem,
         })
     }
+
+    async fn claim(
+        &self,
+        request: Request<ClaimObligationsRequest>,
+    ) -> Result<ClaimObligationsResponse> {
+        self.called_by_gateway(&request)?;
+        obligations::claim(&self.context.db, request.into_inner()).await
+    }
+
+    async fn complete(&self, request: Request<CompleteObligationRequest>) -> Result<()> {
+        self.called_by_gateway(&request)?;
+        obligations::complete(&self.context.db, request.into_inner()).await
+    }
 }
 
 #[tonic::async_trait]
 impl AccessControl for Handlers {
     async fn decide(&self, request: Request<DecideRequest>) -> Answer<Decision> {
-        if let Err(e) = self.called_by_gateway(&request) {
-            return answer(Err(e));
-        }
-        answer(self.decisions.decide(request.into_inner()).await)
+        Ok(Response::new(self.decision(request).await?))
     }
 
     async fn resolve_system(
         &self,
         request: Request<ResolveSystemRequest>,
     ) -> Answer<SystemIdentity> {
-        if let Err(e) = self.called_by_gateway(&request) {
-            return answer(Err(e));
-        }
-        answer(systems::resolve(&self.context.db, &request.into_inner().san).await)
+        Ok(Response::new(self.system_identity(request).await?))
     }
 
     async fn upsert_organisation(
         &self,
         request: Request<UpsertOrganisationRequest>,
     ) -> Answer<Organisation> {
-        if let Err(e) = self.on_behalf_of(&request, Activity::Admin) {
-            return answer(Err(e));
-        }
-        answer(organisations::upsert(&self.context.db, request.into_inner()).await)
+        Ok(Response::new(self.upsert(request).await?))
     }
 
     async fn list_organisations(
         &self,
         request: Request<ListOrganisationsRequest>,
     ) -> Answer<ListOrganisationsResponse> {
-        if let Err(e) = self.on_behalf_of(&request, Activity::Admin) {
-            return answer(Err(e));
-        }
-        answer(organisations::list(&self.context.db, request.into_inner()).await)
+        Ok(Response::new(self.organisations(request).await?))
     }
 
     async fn register_system(&self, request: Request<RegisterSystemRequest>) -> Answer<System> {
-        if let Err(e) = self.on_behalf_of(&request, Activity::Admin) {
-            return answer(Err(e));
-        }
-        answer(systems::register(&self.context.db, request.into_inner()).await)
+        Ok(Response::new(self.register(request).await?))
     }
 
     async fn list_systems(
         &self,
         request: Request<ListSystemsRequest>,
     ) -> Answer<ListSystemsResponse> {
-        if let Err(e) = self.on_behalf_of(&request, Activity::Admin) {
-            return answer(Err(e));
-        }
-        answer(systems::list(&self.context.db, request.into_inner()).await)
+        Ok(Response::new(self.systems(request).await?))
     }
 
     async fn remove_system(&self, request: Request<RemoveSystemRequest>) -> Answer<()> {
-        if let Err(e) = self.on_behalf_of(&request, Activity::Admin) {
-            return answer(Err(e));
-        }
-        answer(systems::remove(&self.context.db, &request.into_inner().san).await)
+        Ok(Response::new(self.remove(request).await?))
     }
 
     async fn list_audit_events(
         &self,
         request: Request<ListAuditEventsRequest>,
     ) -> Answer<ListAuditEventsResponse> {
-        if let Err(e) = self.on_behalf_of(&request, Activity::Audit) {
-            return answer(Err(e));
-        }
-        answer(list::list(&self.context.db, request.into_inner()).await)
+        Ok(Response::new(self.audit_events(request).await?))
     }
 
     async fn get_checkpoint(&self, request: Request<()>) -> Answer<Checkpoint> {
-        if let Err(e) = self.on_behalf_of(&request, Activity::Audit) {
-            return answer(Err(e));
-        }
-        answer(self.checkpoint().await)
+        Ok(Response::new(self.checkpoint(request).await?))
     }
 
     async fn verify_audit_log(
         &self,
         request: Request<VerifyAuditLogRequest>,
     ) -> Answer<VerifyAuditLogResponse> {
-        if let Err(e) = self.on_behalf_of(&request, Activity::Audit) {
-            return answer(Err(e));
-        }
-        answer(self.verify(request.into_inner()).await)
+        Ok(Response::new(self.verify(request).await?))
     }
 
     async fn claim_obligations(
         &self,
         request: Request<ClaimObligationsRequest>,
     ) -> Answer<ClaimObligationsResponse> {
-        if let Err(e) = self.called_by_gateway(&request) {
-            return answer(Err(e));
-        }
-        answer(obligations::claim(&self.context.db, request.into_inner()).await)
+        Ok(Response::new(self.claim(request).await?))
     }
 
     async fn complete_obligation(&self, request: Request<CompleteObligationRequest>) -> Answer<()> {
-        if let Err(e) = self.called_by_gateway(&request) {
-            return answer(Err(e));
-        }
-        answer(obligations::complete(&self.context.db, request.into_inner()).await)
+        Ok(Response::new(self.complete(request).await?))
     }
 }

@@ -4,9 +4,11 @@
 //! checks (deny by default), appends every decision to a hash-chained audit log, and keeps the
 //! obligations outbox the gateway's reconciler drains.
 //!
-//! Where things are: a call enters in [`handlers`]; `Decide` is validated and batched by
-//! [`decide`] and judged by the pure [`rules`]; the log is hashed, listed, verified and
-//! signed in [`audit`]; organisations, systems and obligations live in [`storage`].
+//! Where things are: a call enters in [`handlers`], which checks a public request with the
+//! gateway's own validator (`platform::requests`); `Decide` is validated and batched by
+//! [`decide`] (each batch loaded, decided by a pure plan, written) and judged by the pure
+//! [`rules`]; the log is hashed, listed, verified and signed in [`audit`]; organisations,
+//! systems and obligations live in [`storage`].
 
 pub mod args;
 pub mod audit;
@@ -15,7 +17,6 @@ pub mod entities;
 pub mod error;
 pub mod handlers;
 pub mod migration;
-pub mod pagination;
 pub mod rules;
 pub mod storage;
 

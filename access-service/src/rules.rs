@@ -129,12 +129,6 @@ pub enum AccessDecision {
     Deny(DenyReason),
 }
 
-impl AccessDecision {
-    pub fn is_allowed(self) -> bool {
-        matches!(self, AccessDecision::Allow { .. })
-    }
-}
-
 /// What an action needs: one activity, and for some an onboarded organisation of one kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Requirement {
@@ -174,14 +168,16 @@ pub fn requirement(action: Action, access_kind: Option<AccessKind>) -> Option<Re
     })
 }
 
-/// Decides one call. `action` is the RPC name as sent: an unknown name is denied.
+/// Decides one call. `action` is the action the call names, parsed once where the request
+/// was read; `None` when the name is no action of these rules (the conformance table has such
+/// rows), which is denied like anything else not named here.
 pub fn decide(
     caller: &Caller,
-    action: &str,
+    action: Option<Action>,
     organisation: Option<OrganisationStanding>,
     context: &Context,
 ) -> AccessDecision {
-    let Some(action) = Action::parse(action) else {
+    let Some(action) = action else {
         return AccessDecision::Deny(DenyReason::MissingActivity);
     };
     let Some(needed) = requirement(action, context.access_kind) else {
@@ -255,7 +251,7 @@ mod tests {
     fn a_notifying_lookup_inside_an_onboarded_trust_is_allowed_and_notifies() {
         let d = decide(
             &user("RQX", &[Activity::NotifyingLookup]),
-            "LookupChild",
+            Some(Action::LookupChild),
             health(true),
             &lookup(AccessKind::Unscheduled, "RQX01"),
         );
@@ -268,7 +264,7 @@ mod tests {
         assert_eq!(
             decide(
                 &user("RQX", &[Activity::SilentLookup]),
-                "LookupChild",
+                Some(Action::LookupChild),
                 health(true),
                 &ctx
             ),
@@ -277,7 +273,7 @@ mod tests {
         assert_eq!(
             decide(
                 &user("RQX", &[Activity::NotifyingLookup]),
-                "LookupChild",
+                Some(Action::LookupChild),
                 health(true),
                 &ctx
             ),
@@ -290,7 +286,7 @@ mod tests {
         // Everything is wrong: the activity answers.
         let d = decide(
             &user("RQX", &[]),
-            "LookupChild",
+            Some(Action::LookupChild),
             None,
             &lookup(AccessKind::Unscheduled, "RQY01"),
         );
@@ -298,7 +294,7 @@ mod tests {
         // Organisation and setting wrong: the organisation answers.
         let d = decide(
             &user("RQX", &[Activity::NotifyingLookup]),
-            "LookupChild",
+            Some(Action::LookupChild),
             health(false),
             &lookup(AccessKind::Unscheduled, "RQY01"),
         );
@@ -317,7 +313,7 @@ mod tests {
         };
         let d = decide(
             &system,
-            "LookupChild",
+            Some(Action::LookupChild),
             health(true),
             &lookup(AccessKind::Unscheduled, "RQX"),
         );
@@ -329,7 +325,12 @@ mod tests {
         let everything = user("RQX", Activity::ALL);
         for name in ["", "lookupchild", "DropDatabase"] {
             assert_eq!(
-                decide(&everything, name, health(true), &Context::default()),
+                decide(
+                    &everything,
+                    Action::parse(name),
+                    health(true),
+                    &Context::default()
+                ),
                 AccessDecision::Deny(DenyReason::MissingActivity)
             );
         }

@@ -13,8 +13,9 @@ use access_service::rules::{
 };
 use access_service::storage::systems;
 use cpis_proto::access::{DecideRequest, Principal};
-use cpis_proto::gateway::{RegisterSystemRequest, Setting};
+use cpis_proto::gateway::Setting;
 use platform::domain::{AccessKind, Activity, DenyReason, OdsCode, SettingType};
+use platform::requests::SystemRegistration;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use std::collections::BTreeSet;
@@ -112,7 +113,7 @@ fn decide_pure(c: &Case) -> (bool, &'static str, bool) {
         access_kind: AccessKind::parse(c.access_kind),
         site_ods_code: (!c.site.is_empty()).then(|| OdsCode::parse(c.site).unwrap()),
     };
-    match rules::decide(&caller, c.action, standing, &context) {
+    match rules::decide(&caller, Action::parse(c.action), standing, &context) {
         AccessDecision::Allow { notifies } => (true, "", notifies),
         AccessDecision::Deny(r) => (false, r.as_str(), false),
     }
@@ -249,17 +250,19 @@ fn every_decision_writes_exactly_one_audit_record_and_agrees_with_the_reference(
                         common::organisation(&conn, c.ods, kind, onboarded).await;
                     }
                     if c.system {
-                        let registered: Vec<String> = c
+                        // Written as storage holds it: RegisterSystem refuses a system without
+                        // activities, yet one holding none must still be denied everything.
+                        let registered: BTreeSet<Activity> = c
                             .activities
                             .iter()
                             .filter(|a| **a == "CPIS_LA_MANAGE")
-                            .map(|a| a.to_string())
+                            .filter_map(|a| Activity::from_code(a))
                             .collect();
                         systems::register(
                             &conn,
-                            RegisterSystemRequest {
+                            &SystemRegistration {
                                 san: san.clone(),
-                                ods_code: c.ods.into(),
+                                ods_code: OdsCode::parse(c.ods).unwrap(),
                                 activities: registered,
                             },
                         )

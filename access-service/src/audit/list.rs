@@ -1,36 +1,16 @@
-//! `ListAuditEvents`: filters and pagination over the log, oldest first.
+//! `ListAuditEvents`: the log filtered and paged, oldest first. The request is validated by
+//! `platform::requests::list_audit_events`, the gateway's rule too.
 
 use crate::entities::audit_record;
-use crate::pagination;
 use chrono::{DateTime, Utc};
-use cpis_proto::gateway::{
-    AuditEvent, AuditOutcome, ListAuditEventsRequest, ListAuditEventsResponse,
-};
+use cpis_proto::gateway::{AuditEvent, AuditOutcome, ListAuditEventsResponse};
 use platform::Result;
-use platform::domain::{AccessKind, from_timestamp, to_timestamp};
-use platform::error::Violations;
+use platform::domain::{AccessKind, to_timestamp};
+use platform::requests::AuditPage;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 pub const OUTCOME_ALLOWED: &str = "ALLOWED";
 pub const OUTCOME_DENIED: &str = "DENIED";
-
-struct Filters {
-    nhs_number: Option<String>,
-    user_id: Option<String>,
-    ods_code: Option<String>,
-    start: Option<i64>,
-    end: Option<i64>,
-}
-
-fn micros(ts: &prost_types::Timestamp, v: &mut Violations, field: &str) -> Option<i64> {
-    match from_timestamp(ts) {
-        Some(t) => Some(t.timestamp_micros()),
-        None => {
-            v.add(field, "is not a valid instant");
-            None
-        }
-    }
-}
 
 pub fn instant_of(micros: i64) -> prost_types::Timestamp {
     to_timestamp(DateTime::<Utc>::from_timestamp_micros(micros).unwrap_or_default())
@@ -64,64 +44,10 @@ pub fn to_event(row: audit_record::Model) -> AuditEvent {
     }
 }
 
-pub async fn list(
-    db: &DatabaseConnection,
-    request: ListAuditEventsRequest,
-) -> Result<ListAuditEventsResponse> {
-    let mut v = Violations::new();
-    let nhs_number = (!request.nhs_number.is_empty())
-        .then(|| v.nhs_number("nhs_number", &request.nhs_number))
-        .flatten()
-        .map(|n| n.as_str().to_owned());
-    let ods_code = (!request.ods_code.is_empty())
-        .then(|| v.ods_code("ods_code", &request.ods_code))
-        .flatten()
-        .map(|o| o.as_str().to_owned());
-    v.max_len("user_id", &request.user_id, 255);
-    let start = request
-        .start_time
-        .as_ref()
-        .and_then(|t| micros(t, &mut v, "start_time"));
-    let end = request
-        .end_time
-        .as_ref()
-        .and_then(|t| micros(t, &mut v, "end_time"));
-    if let (Some(s), Some(e)) = (start, end)
-        && e < s
-    {
-        v.add("end_time", "must not be before start_time");
-    }
-    let size = pagination::page_size(&mut v, "page_size", request.page_size);
-    let filters = Filters {
-        nhs_number,
-        user_id: (!request.user_id.is_empty()).then(|| request.user_id.clone()),
-        ods_code,
-        start,
-        end,
-    };
-    let filter_key = format!(
-        "audit{:?}",
-        (
-            &filters.nhs_number,
-            &filters.user_id,
-            &filters.ods_code,
-            filters.start,
-            filters.end
-        )
-    );
-    let position = pagination::decode(&mut v, "page_token", &request.page_token, &filter_key);
-    let after = match position.as_deref() {
-        None | Some([]) => 0,
-        Some(bytes) => match <[u8; 8]>::try_from(bytes) {
-            Ok(b) => i64::from_be_bytes(b),
-            Err(_) => {
-                v.add("page_token", "is malformed");
-                0
-            }
-        },
-    };
-    v.finish()?;
-
+/// One page of the records matching `request`'s filters, after its token's sequence.
+pub async fn list(db: &DatabaseConnection, request: &AuditPage) -> Result<ListAuditEventsResponse> {
+    let AuditPage { filters, page } = request;
+    let after = page.after.unwrap_or(0);
     let mut query = audit_record::Entity::find().filter(audit_record::Column::Sequence.gt(after));
     if let Some(n) = &filters.nhs_number {
         query = query.filter(audit_record::Column::NhsNumber.eq(n.as_str()));
@@ -138,17 +64,12 @@ pub async fn list(
     if let Some(e) = filters.end {
         query = query.filter(audit_record::Column::RecordedAt.lt(e));
     }
-    let mut rows = query
+    let rows = query
         .order_by_asc(audit_record::Column::Sequence)
-        .limit(size + 1)
+        .limit(page.limit())
         .all(db)
         .await?;
-    let more = rows.len() as u64 > size;
-    rows.truncate(size as usize);
-    let next_page_token = match (more, rows.last()) {
-        (true, Some(last)) => pagination::encode(&filter_key, &last.sequence.to_be_bytes()),
-        _ => String::new(),
-    };
+    let (rows, next_page_token) = page.finish(rows, |row| row.sequence);
     Ok(ListAuditEventsResponse {
         events: rows.into_iter().map(to_event).collect(),
         next_page_token,

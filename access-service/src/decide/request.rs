@@ -4,8 +4,10 @@
 use crate::rules::Action;
 use cpis_proto::access::DecideRequest;
 use platform::Result;
-use platform::domain::{AccessKind, Activity, NhsNumber, OdsCode, SettingType};
+use platform::domain::{Activity, NhsNumber, OdsCode};
 use platform::error::Violations;
+use platform::requests::{LookupSetting, lookup_setting};
+use platform::telemetry::is_trace_id;
 use std::collections::BTreeSet;
 
 pub const MAX_ID_LEN: usize = 255;
@@ -27,30 +29,18 @@ pub enum Identity {
     },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Lookup {
-    pub access_kind: AccessKind,
-    pub site: OdsCode,
-    pub setting_type: SettingType,
-}
-
 /// A valid decision request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DecideInput {
     pub identity: Identity,
     pub action: Action,
     pub nhs_number: Option<NhsNumber>,
-    pub lookup: Option<Lookup>,
+    /// For `LookupChild`: the access kind and the setting, checked against each other.
+    pub lookup: Option<LookupSetting>,
     pub request_id: String,
     pub fingerprint: Vec<u8>,
     pub trace_id: String,
     pub upload_id: String,
-}
-
-fn is_trace_id(s: &str) -> bool {
-    s.len() == 32
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 pub fn validate(request: DecideRequest) -> Result<DecideInput> {
@@ -117,31 +107,15 @@ pub fn validate(request: DecideRequest) -> Result<DecideInput> {
     };
 
     let lookup = if action == Some(Action::LookupChild) {
-        let access_kind = v.access_kind("access_kind", request.access_kind);
         match &request.setting {
+            // LookupChildRequest's own rule (platform::requests), so a lookup the gateway let
+            // through is read alike here.
+            Some(setting) => lookup_setting(&mut v, request.access_kind, setting),
             None => {
+                // The access kind is still checked, so every violation is reported at once.
+                v.access_kind("access_kind", request.access_kind);
                 v.add("setting", "is required for LookupChild");
                 None
-            }
-            Some(setting) => {
-                let site = v.ods_code("setting.ods_code", &setting.ods_code);
-                let setting_type = v.setting_type("setting.setting_type", setting.setting_type);
-                if let (Some(kind), Some(st)) = (access_kind, setting_type)
-                    && st.access_kind() != kind
-                {
-                    v.add(
-                        "setting.setting_type",
-                        format!("is not a setting type for ACCESS_KIND_{kind}"),
-                    );
-                }
-                match (access_kind, site, setting_type) {
-                    (Some(access_kind), Some(site), Some(setting_type)) => Some(Lookup {
-                        access_kind,
-                        site,
-                        setting_type,
-                    }),
-                    _ => None,
-                }
             }
         }
     } else {
@@ -165,27 +139,26 @@ pub fn validate(request: DecideRequest) -> Result<DecideInput> {
         );
     }
     if !request.trace_id.is_empty() && !is_trace_id(&request.trace_id) {
-        v.add("trace_id", "must be 32 lowercase hexadecimal characters");
+        v.add(
+            "trace_id",
+            "must be a W3C trace id: 32 lower-case hexadecimal characters, not all zero",
+        );
     }
     v.max_len("upload_id", &request.upload_id, MAX_ID_LEN);
     if !request.upload_id.is_empty() && action.is_some_and(|a| a != Action::UploadFlags) {
         v.add("upload_id", "must be empty except for UploadFlags");
     }
-    v.finish()?;
-
-    match (identity, action) {
-        (Some(identity), Some(action)) => Ok(DecideInput {
-            identity,
-            action,
-            nhs_number,
-            lookup,
-            request_id: request.request_id,
-            fingerprint: request.request_fingerprint,
-            trace_id: request.trace_id,
-            upload_id: request.upload_id,
-        }),
-        _ => Err(platform::Error::internal("validated fields missing")),
-    }
+    let input = identity.zip(action).map(|(identity, action)| DecideInput {
+        identity,
+        action,
+        nhs_number,
+        lookup,
+        request_id: request.request_id,
+        fingerprint: request.request_fingerprint,
+        trace_id: request.trace_id,
+        upload_id: request.upload_id,
+    });
+    v.check(input)
 }
 
 #[cfg(test)]
@@ -193,6 +166,7 @@ mod tests {
     use super::*;
     use cpis_proto::access::Principal;
     use cpis_proto::gateway::Setting;
+    use platform::domain::{AccessKind, SettingType};
     use proptest::prelude::*;
 
     fn fields(request: DecideRequest) -> Vec<String> {
@@ -266,6 +240,16 @@ mod tests {
                 "trace_id"
             ]
         );
+    }
+
+    #[test]
+    fn a_trace_id_must_be_a_w3c_one() {
+        let mut r = lookup_request();
+        r.trace_id = "0".repeat(32);
+        assert_eq!(fields(r), ["trace_id"]);
+        let mut r = lookup_request();
+        r.trace_id = "4bf92f3577b34da6a3ce929d0e0e4736".into();
+        assert!(validate(r).is_ok());
     }
 
     #[test]

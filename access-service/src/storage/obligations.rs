@@ -68,12 +68,11 @@ pub async fn claim(
     if pending_for.is_none() {
         v.add("pending_for", "must not be negative");
     }
-    v.finish()?;
+    let (lease, pending_for) = v.check(lease.zip(pending_for))?;
     let limit = match u64::from(request.limit) {
         0 => DEFAULT_LIMIT,
         n => Ord::min(n, MAX_LIMIT),
     };
-    let (lease, pending_for) = (lease.unwrap_or(0), pending_for.unwrap_or(0));
 
     let now = now_micros();
     let lapsed = || {

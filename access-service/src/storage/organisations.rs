@@ -3,20 +3,16 @@
 use super::now_micros;
 use crate::audit::list::instant_of;
 use crate::entities::organisation;
-use crate::pagination;
 use crate::rules::{OrganisationKind, OrganisationStanding};
-use cpis_proto::gateway::{
-    ListOrganisationsRequest, ListOrganisationsResponse, Organisation, UpsertOrganisationRequest,
-};
+use cpis_proto::gateway::{ListOrganisationsResponse, Organisation};
 use platform::Result;
-use platform::error::Violations;
+use platform::pagination::Page;
+use platform::requests::OrganisationUpsert;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect,
 };
-
-pub const MAX_NAME_CHARS: usize = 200;
 
 /// The rules' view of a registry row; a row with an unknown kind stands for nothing.
 pub fn standing(row: &organisation::Model) -> Option<OrganisationStanding> {
@@ -53,33 +49,20 @@ pub async fn find_many<C: ConnectionTrait>(
         .await
 }
 
+/// Registers the organisation, or replaces what is held for it (keeping its creation time).
+/// `onboarded` comes apart: [`OrganisationUpsert`] leaves it out, as every value is valid.
 pub async fn upsert(
     db: &DatabaseConnection,
-    request: UpsertOrganisationRequest,
+    organisation: &OrganisationUpsert,
+    onboarded: bool,
 ) -> Result<Organisation> {
-    let mut v = Violations::new();
-    let ods = v.ods_code("ods_code", &request.ods_code);
-    let name = request.name.trim();
-    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
-        v.add("name", "must be 1 to 200 characters");
-    }
-    let kind = OrganisationKind::from_wire(request.kind);
-    if kind.is_none() {
-        v.add(
-            "kind",
-            "must be ORGANISATION_KIND_LOCAL_AUTHORITY or ORGANISATION_KIND_HEALTH",
-        );
-    }
-    v.finish()?;
-    let (Some(ods), Some(kind)) = (ods, kind) else {
-        return Err(platform::Error::internal("validated fields missing"));
-    };
     let now = now_micros();
+    let ods = &organisation.ods_code;
     let row = organisation::Model {
         ods_code: ods.as_str().to_owned(),
-        name: name.to_owned(),
-        kind: kind.as_str().to_owned(),
-        onboarded: request.onboarded,
+        name: organisation.name.clone(),
+        kind: organisation.kind.as_str().to_owned(),
+        onboarded,
         created_at: now,
         updated_at: now,
     };
@@ -103,18 +86,19 @@ pub async fn upsert(
     Ok(to_wire(stored))
 }
 
+/// One page of organisations in ODS-code order, after the code the page's token names.
 pub async fn list(
     db: &DatabaseConnection,
-    request: ListOrganisationsRequest,
+    page: &Page<String>,
 ) -> Result<ListOrganisationsResponse> {
-    let page = pagination::KeyPage::parse("organisations", request.page_size, &request.page_token)?;
+    let after = page.after.as_deref().unwrap_or_default();
     let rows = organisation::Entity::find()
-        .filter(organisation::Column::OdsCode.gt(page.after.clone()))
+        .filter(organisation::Column::OdsCode.gt(after))
         .order_by_asc(organisation::Column::OdsCode)
         .limit(page.limit())
         .all(db)
         .await?;
-    let (rows, next_page_token) = page.finish(rows, |row| &row.ods_code);
+    let (rows, next_page_token) = page.finish(rows, |row| row.ods_code.clone());
     Ok(ListOrganisationsResponse {
         organisations: rows.into_iter().map(to_wire).collect(),
         next_page_token,

@@ -5,20 +5,18 @@ use super::now_micros;
 use crate::audit::list::instant_of;
 use crate::entities::{organisation, system};
 use crate::error::AccessError;
-use crate::pagination;
 use cpis_proto::access::SystemIdentity;
-use cpis_proto::gateway::{ListSystemsRequest, ListSystemsResponse, RegisterSystemRequest, System};
+use cpis_proto::gateway::{ListSystemsResponse, System};
 use platform::Result;
 use platform::domain::Activity;
-use platform::error::Violations;
+use platform::pagination::Page;
+use platform::requests::SystemRegistration;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect,
 };
 use std::collections::BTreeSet;
-
-pub const MAX_SAN_LEN: usize = 255;
 
 /// The registered activities a system holds; unknown codes grant nothing.
 pub fn activities(row: &system::Model) -> BTreeSet<Activity> {
@@ -57,35 +55,13 @@ pub async fn find_many<C: ConnectionTrait>(
         .await
 }
 
-pub async fn register(db: &DatabaseConnection, request: RegisterSystemRequest) -> Result<System> {
-    let mut v = Violations::new();
-    if request.san.is_empty() || request.san.len() > MAX_SAN_LEN {
-        v.add("san", "must be 1 to 255 characters");
-    }
-    let ods = v.ods_code("ods_code", &request.ods_code);
-    let mut granted = BTreeSet::new();
-    for code in &request.activities {
-        match Activity::from_code(code) {
-            Some(Activity::LaManage) => {
-                granted.insert(Activity::LaManage);
-            }
-            _ => {
-                v.add(
-                    "activities",
-                    "only CPIS_LA_MANAGE may be granted to a system",
-                );
-                break;
-            }
-        }
-    }
-    v.finish()?;
-    let Some(ods) = ods else {
-        return Err(platform::Error::internal("validated fields missing"));
-    };
+/// Registers the system, or replaces its organisation and activities.
+pub async fn register(db: &DatabaseConnection, system: &SystemRegistration) -> Result<System> {
     let row = system::Model {
-        san: request.san.clone(),
-        ods_code: ods.as_str().to_owned(),
-        activities: granted
+        san: system.san.clone(),
+        ods_code: system.ods_code.as_str().to_owned(),
+        activities: system
+            .activities
             .iter()
             .map(|a| a.code())
             .collect::<Vec<_>>()
@@ -100,35 +76,31 @@ pub async fn register(db: &DatabaseConnection, request: RegisterSystemRequest) -
         )
         .exec_without_returning(db)
         .await?;
-    let stored = system::Entity::find_by_id(request.san)
+    let stored = system::Entity::find_by_id(system.san.clone())
         .one(db)
         .await?
         .ok_or_else(|| platform::Error::internal("system vanished after upsert"))?;
     Ok(to_wire(stored))
 }
 
-pub async fn list(
-    db: &DatabaseConnection,
-    request: ListSystemsRequest,
-) -> Result<ListSystemsResponse> {
-    let page = pagination::KeyPage::parse("systems", request.page_size, &request.page_token)?;
+/// One page of systems in SAN order, after the SAN the page's token names.
+pub async fn list(db: &DatabaseConnection, page: &Page<String>) -> Result<ListSystemsResponse> {
+    let after = page.after.as_deref().unwrap_or_default();
     let rows = system::Entity::find()
-        .filter(system::Column::San.gt(page.after.clone()))
+        .filter(system::Column::San.gt(after))
         .order_by_asc(system::Column::San)
         .limit(page.limit())
         .all(db)
         .await?;
-    let (rows, next_page_token) = page.finish(rows, |row| &row.san);
+    let (rows, next_page_token) = page.finish(rows, |row| row.san.clone());
     Ok(ListSystemsResponse {
         systems: rows.into_iter().map(to_wire).collect(),
         next_page_token,
     })
 }
 
+/// Forgets the system `san` (validated by `platform::requests::remove_system`).
 pub async fn remove(db: &DatabaseConnection, san: &str) -> Result<()> {
-    if san.is_empty() {
-        return Err(platform::Error::invalid("san", "is required"));
-    }
     let deleted = system::Entity::delete_by_id(san.to_owned())
         .exec(db)
         .await?;

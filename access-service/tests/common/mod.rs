@@ -126,17 +126,16 @@ pub fn action(principal: Principal, action: &str) -> DecideRequest {
 
 pub async fn organisation(db: &DatabaseConnection, ods: &str, kind: &str, onboarded: bool) {
     let kind = access_service::rules::OrganisationKind::parse(kind).expect("kind");
-    access_service::storage::organisations::upsert(
-        db,
-        cpis_proto::gateway::UpsertOrganisationRequest {
-            ods_code: ods.into(),
-            name: format!("Organisation {ods}"),
-            kind: i32::from(kind),
-            onboarded,
-        },
-    )
-    .await
-    .expect("upsert organisation");
+    let request = cpis_proto::gateway::UpsertOrganisationRequest {
+        ods_code: ods.into(),
+        name: format!("Organisation {ods}"),
+        kind: i32::from(kind),
+        onboarded,
+    };
+    let valid = platform::requests::upsert_organisation(&request).expect("a valid organisation");
+    access_service::storage::organisations::upsert(db, &valid, request.onboarded)
+        .await
+        .expect("upsert organisation");
 }
 
 /// The chain head's sequence, as committed.
