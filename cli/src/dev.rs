@@ -84,6 +84,8 @@ pub async fn start(args: &DevArgs, shutdown: Shutdown) -> Result<DevSystem> {
         jwks_file: Some(keys.jwks_path.clone()),
         token_issuer: devkeys::ISSUER.into(),
         token_audience: devkeys::AUDIENCE.into(),
+        max_watches: gateway::DEFAULT_MAX_WATCHES,
+        max_watches_per_organisation: gateway::DEFAULT_MAX_WATCHES_PER_ORGANISATION,
     };
     let gateway = gateway::Gateway::start(gateway_args, shutdown.clone())
         .await

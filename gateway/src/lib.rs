@@ -46,6 +46,9 @@ pub const SERVICES: [&str; 4] = [
     service_names::ADMINISTRATION,
 ];
 
+pub const DEFAULT_MAX_WATCHES: usize = 1024;
+pub const DEFAULT_MAX_WATCHES_PER_ORGANISATION: usize = 8;
+
 #[derive(Args, Debug, Clone)]
 pub struct GatewayArgs {
     #[command(flatten)]
@@ -85,11 +88,15 @@ pub struct GatewayArgs {
 
     /// WatchNotifications streams this gateway relays at once, in all. Watches have their own
     /// capacity: they never take the permits unary calls need.
-    #[arg(long, env = "CPIS_MAX_WATCHES", default_value_t = 1024)]
+    #[arg(long, env = "CPIS_MAX_WATCHES", default_value_t = DEFAULT_MAX_WATCHES)]
     pub max_watches: usize,
 
     /// WatchNotifications streams open at once for one organisation (ODS code).
-    #[arg(long, env = "CPIS_MAX_WATCHES_PER_ORGANISATION", default_value_t = 8)]
+    #[arg(
+        long,
+        env = "CPIS_MAX_WATCHES_PER_ORGANISATION",
+        default_value_t = DEFAULT_MAX_WATCHES_PER_ORGANISATION
+    )]
     pub max_watches_per_organisation: usize,
 }
 

@@ -143,9 +143,11 @@ pub async fn spawn(
 
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
-        // Outermost: shed calls are traced and counted too; innermost, undecodable requests
-        // become INVALID_ARGUMENT before anything else sees them.
+        // Outermost: refused and shed calls are traced and counted too; a caller is admitted
+        // before it may take a permit; innermost, undecodable requests become
+        // INVALID_ARGUMENT before anything else sees them.
         .layer(crate::observe::ObserveLayer::new(config.name))
+        .layer(crate::admit::AdmitLayer::new(config.admit.clone()))
         .layer(crate::shed::ShedLayer::new(
             config.name,
             config.max_in_flight,

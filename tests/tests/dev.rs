@@ -53,11 +53,14 @@ async fn describes(addr: std::net::SocketAddr, symbol: &str) -> bool {
         .await
         .unwrap()
         .into_inner();
-    let response = stream.message().await.unwrap().unwrap();
-    matches!(
-        response.message_response,
-        Some(MessageResponse::FileDescriptorResponse(_))
-    )
+    // An unknown symbol is an error response, or an error status, depending on the server.
+    match stream.message().await {
+        Ok(Some(response)) => matches!(
+            response.message_response,
+            Some(MessageResponse::FileDescriptorResponse(_))
+        ),
+        _ => false,
+    }
 }
 
 fn args(dir: &std::path::Path) -> DevArgs {

@@ -1,0 +1,296 @@
+//! Hostile or heavy use cannot stop lookups: each attack run against the real processes (on
+//! PostgreSQL and Redis when configured), with the limits set low, asserting from the metrics
+//! that the attack's state was really reached and that capacity returns to baseline after.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::system::{Options, System};
+use cpis_proto::gateway as pb;
+use cpis_tests::metrics::{scrape, value};
+use pb::administration_client::AdministrationClient;
+use pb::child_protection_client::ChildProtectionClient;
+use pb::local_authority_client::LocalAuthorityClient;
+use platform::domain::NhsNumber;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tonic::{Code, Request, Status};
+use tonic_types::StatusExt;
+
+const ADMIN_ORG: &str = "X26";
+const LA: &str = "706";
+const OTHER_LA: &str = "709";
+const TRUST: &str = "RQX";
+const SITE: &str = "RQX01";
+
+fn with_token<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+struct Attacked {
+    sys: System,
+    metrics: SocketAddr,
+    la: String,
+    other_la: String,
+    clinician: String,
+}
+
+/// The system with the gateway's metrics on a port of their own and `gateway_env` set.
+async fn started(gateway_env: &[(&str, &str)]) -> Attacked {
+    let metrics_port = common::free_port();
+    let env: Vec<(String, String)> = gateway_env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .chain([(
+            "CPIS_METRICS_LISTEN".to_string(),
+            format!("127.0.0.1:{metrics_port}"),
+        )])
+        .collect();
+    let sys = System::start_with(Options::default(), |name| {
+        if name == "gateway" {
+            env.clone()
+        } else {
+            Vec::new()
+        }
+    })
+    .await;
+    let admin = sys.token("admin", ADMIN_ORG, "R0001", &["CPIS_ADMIN"]);
+    let mut client = AdministrationClient::new(sys.channel());
+    for (ods, kind) in [
+        (LA, pb::OrganisationKind::LocalAuthority),
+        (OTHER_LA, pb::OrganisationKind::LocalAuthority),
+        (TRUST, pb::OrganisationKind::Health),
+    ] {
+        let request = pb::UpsertOrganisationRequest {
+            ods_code: ods.into(),
+            name: format!("Organisation {ods}"),
+            kind: kind.into(),
+            onboarded: true,
+        };
+        client
+            .upsert_organisation(with_token(request, &admin))
+            .await
+            .unwrap();
+    }
+    Attacked {
+        la: sys.token("la.worker", LA, "R9000", &["CPIS_LA_MANAGE"]),
+        other_la: sys.token("other.worker", OTHER_LA, "R9000", &["CPIS_LA_MANAGE"]),
+        clinician: sys.token("dr.jones", TRUST, "R8000", &["B0107"]),
+        metrics: SocketAddr::from(([127, 0, 0, 1], metrics_port)),
+        sys,
+    }
+}
+
+impl Attacked {
+    async fn gauge(&self, name: &str) -> f64 {
+        value(
+            &scrape(self.metrics).await,
+            name,
+            &[("component", "gateway")],
+        )
+    }
+
+    /// Waits (up to 10 s) for the gateway's gauge `name` to read `want`.
+    async fn until(&self, name: &str, want: f64) {
+        let mut last = f64::NAN;
+        for _ in 0..100 {
+            last = self.gauge(name).await;
+            if last == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{name} stayed at {last}, never {want}");
+    }
+
+    async fn watch(&self, token: &str) -> Result<tonic::Streaming<pb::Notification>, Status> {
+        let mut client = LocalAuthorityClient::new(self.sys.channel());
+        let request = pb::WatchNotificationsRequest {
+            after_cursor: 0,
+            from_start: true,
+        };
+        client
+            .watch_notifications(with_token(request, token))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    async fn lookup(&self) -> Result<pb::LookupChildResponse, Status> {
+        let nhs = NhsNumber::from_first_nine(999_100_001)
+            .or_else(|| NhsNumber::from_first_nine(999_100_002))
+            .unwrap();
+        let request = pb::LookupChildRequest {
+            nhs_number: nhs.as_str().into(),
+            access_kind: pb::AccessKind::Unscheduled.into(),
+            setting: Some(pb::Setting {
+                ods_code: SITE.into(),
+                setting_type: pb::SettingType::EmergencyDepartment.into(),
+            }),
+            request_id: String::new(),
+        };
+        let mut request = with_token(request, &self.clinician);
+        request.set_timeout(Duration::from_secs(10));
+        ChildProtectionClient::new(self.sys.channel())
+            .lookup_child(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+}
+
+fn reason(status: &Status) -> String {
+    status
+        .get_details_error_info()
+        .map(|i| i.reason)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_watches_release_their_capacity_and_lookups_still_answer() {
+    let a = started(&[
+        ("CPIS_MAX_WATCHES", "40"),
+        ("CPIS_MAX_WATCHES_PER_ORGANISATION", "40"),
+        ("CPIS_MAX_IN_FLIGHT", "16"),
+    ])
+    .await;
+    // Ten rounds of 40 watches opened, held, then abandoned: 400 in all, ten times the limit.
+    for round in 0..10 {
+        let mut open = Vec::new();
+        for _ in 0..40 {
+            open.push(a.watch(&a.la).await.unwrap());
+        }
+        if round == 0 {
+            assert_eq!(
+                a.gauge("cpis_open_watches").await,
+                40.0,
+                "the attack's state: every watch open at once"
+            );
+            assert_eq!(
+                a.gauge("cpis_calls_in_flight").await,
+                0.0,
+                "open watches hold none of the permits unary calls need"
+            );
+            // At the limit, lookups still answer.
+            a.lookup().await.unwrap();
+        }
+        drop(open);
+        a.until("cpis_open_watches", 0.0).await;
+    }
+    a.until("cpis_calls_in_flight", 0.0).await;
+    let answer = a.lookup().await.unwrap();
+    assert!(!answer.flagged);
+    // The capacity came back: a new watch is admitted.
+    a.watch(&a.la).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_beyond_their_limits_are_refused_with_too_many_watches() {
+    let a = started(&[
+        ("CPIS_MAX_WATCHES", "5"),
+        ("CPIS_MAX_WATCHES_PER_ORGANISATION", "3"),
+    ])
+    .await;
+    let mut mine = Vec::new();
+    for _ in 0..3 {
+        mine.push(a.watch(&a.la).await.unwrap());
+    }
+    let refused = a.watch(&a.la).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(reason(&refused), "TOO_MANY_WATCHES");
+    assert!(refused.get_details_retry_info().is_none());
+
+    // Another LA has limits of its own, until the gateway's total is reached.
+    let theirs = [
+        a.watch(&a.other_la).await.unwrap(),
+        a.watch(&a.other_la).await.unwrap(),
+    ];
+    let refused = a.watch(&a.other_la).await.unwrap_err();
+    assert_eq!(reason(&refused), "TOO_MANY_WATCHES");
+    assert_eq!(a.gauge("cpis_open_watches").await, 5.0);
+
+    // Closing one gives its place back.
+    mine.pop();
+    a.until("cpis_open_watches", 4.0).await;
+    mine.push(a.watch(&a.la).await.unwrap());
+    drop((mine, theirs));
+    a.until("cpis_open_watches", 0.0).await;
+}
+
+/// A LookupChild call over `channel` that sends its headers (no token) and never a body.
+async fn headers_only(channel: tonic::transport::Channel, addr: SocketAddr, log: &str) -> HeldCall {
+    use http_body_util::StreamBody;
+    let (tx, rx) =
+        tokio::sync::mpsc::channel::<Result<http_body::Frame<tonic::codegen::Bytes>, Status>>(1);
+    let body = tonic::body::Body::new(StreamBody::new(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+    ));
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{addr}/cpis.gateway.v1.ChildProtection/LookupChild"
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(body)
+        .unwrap();
+    let response = match tokio::time::timeout(
+        Duration::from_secs(10),
+        tower::ServiceExt::oneshot(channel, request),
+    )
+    .await
+    {
+        Ok(r) => r.unwrap(),
+        Err(_) => panic!(
+            "a call without a token must be answered without waiting for its body:\n{}",
+            log
+        ),
+    };
+    HeldCall {
+        _body: tx,
+        status: response
+            .headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap().to_owned()),
+    }
+}
+
+struct HeldCall {
+    /// The request body, never sent and never ended while this is held.
+    _body: tokio::sync::mpsc::Sender<Result<http_body::Frame<tonic::codegen::Bytes>, Status>>,
+    status: Option<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_without_a_body_cannot_starve_lookups() {
+    let a = started(&[("CPIS_MAX_IN_FLIGHT", "8")]).await;
+    let addr = a.sys.gateway_addr();
+    // 300 token-less calls held open (headers sent, body never), over three connections: far
+    // more than the gateway's 8 permits.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let channel = a.sys.channel();
+        for _ in 0..100 {
+            held.push(headers_only(channel.clone(), addr, &a.sys.log("gateway")).await);
+        }
+    }
+    assert!(
+        held.iter().all(|c| c.status.as_deref() == Some("16")),
+        "every token-less call is UNAUTHENTICATED at once: {:?}",
+        held.iter().map(|c| c.status.clone()).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        a.gauge("cpis_calls_in_flight").await,
+        0.0,
+        "a caller without a token holds no permit"
+    );
+    // While all of them are held, a clinician's lookup answers.
+    for _ in 0..5 {
+        a.lookup().await.unwrap();
+    }
+    drop(held);
+    a.until("cpis_calls_in_flight", 0.0).await;
+}
