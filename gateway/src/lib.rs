@@ -11,6 +11,7 @@ mod backends;
 mod calls;
 mod core;
 mod deadline;
+mod limits;
 mod lookup;
 mod obligations;
 mod streams;
@@ -186,6 +187,8 @@ impl Component for Gateway {
             health_listen: args.serve.health_listen,
             max_in_flight: args.serve.max_in_flight,
             admit: Some(admit),
+            limits: Some(limits::public()),
+            connections: args.serve.connections,
         };
         server::spawn(config, listener, routes, readiness, shutdown).await
     }

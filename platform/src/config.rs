@@ -112,11 +112,77 @@ pub struct ServeArgs {
     pub grace_period: u64,
 
     /// Calls in flight past which new calls are refused at once with RESOURCE_EXHAUSTED.
-    #[arg(long, env = "CPIS_MAX_IN_FLIGHT", default_value_t = 2048)]
+    #[arg(long, env = "CPIS_MAX_IN_FLIGHT", default_value_t = DEFAULT_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
 
     #[command(flatten)]
+    pub connections: ConnectionArgs,
+
+    #[command(flatten)]
     pub log: LogArgs,
+}
+
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 2048;
+
+/// What one client connection may hold. Each bound has a stated default; see
+/// `docs/abuse.md` for the attack each one stops.
+#[derive(Args, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionArgs {
+    /// Concurrent HTTP/2 streams (calls) one connection may have open.
+    #[arg(
+        long,
+        env = "CPIS_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = ConnectionArgs::DEFAULT.max_streams_per_connection
+    )]
+    pub max_streams_per_connection: u32,
+
+    /// Seconds after which a connection is closed gracefully (HTTP/2 GOAWAY; calls in flight
+    /// finish), idle or not: nothing holds a connection for ever, and clients reconnect to
+    /// whichever replica the load balancer picks.
+    #[arg(
+        long,
+        env = "CPIS_MAX_CONNECTION_AGE",
+        default_value_t = ConnectionArgs::DEFAULT.max_connection_age
+    )]
+    pub max_connection_age: u64,
+
+    /// Seconds within which a unary call's request must have arrived whole.
+    #[arg(
+        long,
+        env = "CPIS_BODY_TIMEOUT",
+        default_value_t = ConnectionArgs::DEFAULT.body_timeout
+    )]
+    pub body_timeout: u64,
+
+    /// Seconds a client stream (UploadFlags) may pause between two messages.
+    #[arg(
+        long,
+        env = "CPIS_STREAM_MESSAGE_GAP",
+        default_value_t = ConnectionArgs::DEFAULT.stream_message_gap
+    )]
+    pub stream_message_gap: u64,
+}
+
+impl ConnectionArgs {
+    pub const DEFAULT: ConnectionArgs = ConnectionArgs {
+        max_streams_per_connection: 100,
+        max_connection_age: 1800,
+        body_timeout: 10,
+        stream_message_gap: 30,
+    };
+
+    pub fn pace(&self) -> crate::limits::Pace {
+        crate::limits::Pace {
+            unary: Duration::from_secs(self.body_timeout),
+            gap: Duration::from_secs(self.stream_message_gap),
+        }
+    }
+}
+
+impl Default for ConnectionArgs {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -168,7 +234,8 @@ impl ServeArgs {
             migrate: MigrateMode::Auto,
             insecure_internal: true,
             grace_period: 5,
-            max_in_flight: 2048,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            connections: ConnectionArgs::DEFAULT,
             log: LogArgs {
                 log_format: LogFormat::Text,
                 otlp_endpoint: None,

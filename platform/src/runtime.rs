@@ -202,6 +202,8 @@ async fn start_backend<M: MigratorTrait + Send + Sync + 'static>(
         max_in_flight: args.max_in_flight,
         // Peers are authenticated by mTLS (or loopback in development) at the connection.
         admit: None,
+        limits: None,
+        connections: args.connections,
     };
     let running = server::spawn(config, listener, routes, readiness, shutdown).await?;
     Ok((running, context))

@@ -31,7 +31,14 @@ pub struct ServeConfig {
     /// Who may cost this server anything, checked from the headers before a permit is taken
     /// or the body read ([`crate::admit`]); `None` admits every call.
     pub admit: Option<crate::admit::Admit>,
+    /// Per-RPC message sizes and body pace ([`crate::limits`]); `None` leaves calls to the
+    /// decode limit alone.
+    pub limits: Option<crate::limits::LimitsFor>,
+    pub connections: crate::config::ConnectionArgs,
 }
+
+/// Largest header block a call may send: tokens and trace context fit many times over.
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
 /// Largest message a server accepts: a full upload batch of 5,000 records fits with room.
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
@@ -141,8 +148,15 @@ pub async fn spawn(
     let health = HealthServer::new(HealthService::from_health_reporter(readiness.reporter()));
     let all = with_reflection(routes.add_service(health.clone()), &config.services)?;
 
+    let connections = config.connections;
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        // A peer that stops answering pings is gone: its connection is closed.
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .max_concurrent_streams(connections.max_streams_per_connection)
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .max_connection_age(Duration::from_secs(connections.max_connection_age))
+        .max_connection_age_grace(config.grace)
         // Outermost: refused and shed calls are traced and counted too; a caller is admitted
         // before it may take a permit; innermost, undecodable requests become
         // INVALID_ARGUMENT before anything else sees them.
@@ -151,6 +165,10 @@ pub async fn spawn(
         .layer(crate::shed::ShedLayer::new(
             config.name,
             config.max_in_flight,
+        ))
+        .layer(crate::limits::LimitsLayer::new(
+            config.limits.clone(),
+            connections.pace(),
         ))
         .layer(crate::wire::WireErrorsLayer);
     let router = builder.add_routes(all);

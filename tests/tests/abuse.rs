@@ -220,15 +220,25 @@ async fn watches_beyond_their_limits_are_refused_with_too_many_watches() {
     a.until("cpis_open_watches", 0.0).await;
 }
 
-/// A LookupChild call over `channel` that sends its headers (no token) and never a body.
-async fn headers_only(channel: tonic::transport::Channel, addr: SocketAddr, log: &str) -> HeldCall {
+/// A LookupChild call over `channel` that sends its headers (with `token`, if any) and never
+/// a body; returns once the gateway answered.
+async fn headers_only(
+    channel: tonic::transport::Channel,
+    addr: SocketAddr,
+    token: Option<&str>,
+    log: &str,
+) -> HeldCall {
     use http_body_util::StreamBody;
     let (tx, rx) =
         tokio::sync::mpsc::channel::<Result<http_body::Frame<tonic::codegen::Bytes>, Status>>(1);
     let body = tonic::body::Body::new(StreamBody::new(
         tokio_stream::wrappers::ReceiverStream::new(rx),
     ));
-    let request = http::Request::builder()
+    let mut request = http::Request::builder();
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let request = request
         .method("POST")
         .uri(format!(
             "http://{addr}/cpis.gateway.v1.ChildProtection/LookupChild"
@@ -274,7 +284,7 @@ async fn headers_without_a_body_cannot_starve_lookups() {
     for _ in 0..3 {
         let channel = a.sys.channel();
         for _ in 0..100 {
-            held.push(headers_only(channel.clone(), addr, &a.sys.log("gateway")).await);
+            held.push(headers_only(channel.clone(), addr, None, &a.sys.log("gateway")).await);
         }
     }
     assert!(
@@ -293,4 +303,65 @@ async fn headers_without_a_body_cannot_starve_lookups() {
     }
     drop(held);
     a.until("cpis_calls_in_flight", 0.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_never_completes_gives_its_permit_back() {
+    let a = std::sync::Arc::new(
+        started(&[("CPIS_MAX_IN_FLIGHT", "4"), ("CPIS_BODY_TIMEOUT", "2")]).await,
+    );
+    let addr = a.sys.gateway_addr();
+    // Four authenticated calls that send headers and never a body: every permit taken.
+    let held: Vec<_> = (0..4)
+        .map(|_| {
+            let a = a.clone();
+            tokio::spawn(async move {
+                let token = a.clinician.clone();
+                headers_only(a.sys.channel(), addr, Some(&token), "").await
+            })
+        })
+        .collect();
+    a.until("cpis_calls_in_flight", 4.0).await;
+    let shed = a.lookup().await.unwrap_err();
+    assert_eq!(
+        shed.code(),
+        Code::ResourceExhausted,
+        "the attack's state: no permit left"
+    );
+    // Within the body timeout each held call is ended, and its permit given back.
+    for call in held {
+        let call = call.await.unwrap();
+        assert_eq!(call.status.as_deref(), Some("4"), "DEADLINE_EXCEEDED");
+    }
+    a.until("cpis_calls_in_flight", 0.0).await;
+    a.lookup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_its_rpcs_limit_is_message_too_large() {
+    let a = started(&[]).await;
+    let mut request = pb::LookupChildRequest {
+        nhs_number: "9434765919".into(),
+        access_kind: pb::AccessKind::Unscheduled.into(),
+        setting: Some(pb::Setting {
+            ods_code: SITE.into(),
+            setting_type: pb::SettingType::EmergencyDepartment.into(),
+        }),
+        request_id: String::new(),
+    };
+    // A lookup needs well under a kilobyte; this one sends 100 KB.
+    request.request_id = "r".repeat(100 * 1024);
+    let refused = ChildProtectionClient::new(a.sys.channel())
+        .lookup_child(with_token(request, &a.clinician))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(reason(&refused), "MESSAGE_TOO_LARGE");
+    assert!(refused.get_details_retry_info().is_none());
+    assert!(
+        !refused.message().contains("decoded message length"),
+        "library text reached the caller: {}",
+        refused.message()
+    );
+    a.lookup().await.unwrap();
 }
