@@ -271,6 +271,15 @@ impl Authenticator {
         if claims.sub.trim().is_empty() {
             return Err(refuse("empty subject"));
         }
+        // Claims are stored with every decision and shown to privacy officers: a control
+        // character (NUL, ESC) in one is refused here, before it reaches anything.
+        let poisoned = std::iter::once(&claims.sub)
+            .chain(std::iter::once(&claims.role))
+            .chain(&claims.activities)
+            .any(|c| c.chars().any(char::is_control));
+        if poisoned {
+            return Err(refuse("a claim holds control characters"));
+        }
         let org =
             OdsCode::parse(&claims.org).map_err(|_| refuse("the org claim is not an ODS code"))?;
         let principal = Principal {
@@ -433,6 +442,18 @@ mod tests {
             .unwrap(),
         );
         assert!(auth.authenticate(&md).is_ok());
+    }
+
+    #[test]
+    fn claims_with_control_characters_are_refused() {
+        let s = signer();
+        let auth = authenticator(&s);
+        let mut c = claims(600, "cpis-dev", "cpis");
+        c["sub"] = serde_json::json!("dr.jones\u{0}");
+        assert!(refused(&auth, &sign(&s, "k1", &c)));
+        let mut c = claims(600, "cpis-dev", "cpis");
+        c["activities"] = serde_json::json!(["B0107\u{1b}[0m"]);
+        assert!(refused(&auth, &sign(&s, "k1", &c)));
     }
 
     #[test]

@@ -340,6 +340,31 @@ impl Violations {
         }
     }
 
+    /// An identifier or free text: at most `max` bytes and no control character (NUL, ESC,
+    /// newlines...), which would otherwise reach logs, terminals and database text columns
+    /// (PostgreSQL refuses NUL in text, failing a whole batch of other callers' writes).
+    pub fn text(&mut self, field: &str, value: &str, max: usize) {
+        self.max_len(field, value, max);
+        if value.chars().any(char::is_control) {
+            self.add(field, "must not contain control characters");
+        }
+    }
+
+    /// A name people read: no control character, and none of the invisible formatting
+    /// characters (bidirectional overrides and isolates, zero-width marks) that can make one
+    /// name display as another.
+    pub fn name(&mut self, field: &str, value: &str) {
+        if value
+            .chars()
+            .any(|c| c.is_control() || is_invisible_format(c))
+        {
+            self.add(
+                field,
+                "must not contain control, bidirectional or invisible formatting characters",
+            );
+        }
+    }
+
     /// `Ok` when nothing was wrong; otherwise every violation in one `INVALID_ARGUMENT`.
     pub fn finish(self) -> Result<()> {
         if self.0.is_empty() {
@@ -350,9 +375,38 @@ impl Violations {
     }
 }
 
+/// Unicode format characters that change how text displays without being seen: the
+/// bidirectional embeddings, overrides, isolates and marks, zero-width characters and the
+/// byte-order mark.
+pub fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}'
+            | '\u{061C}'
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_and_names_refuse_what_would_poison_them() {
+        let mut v = Violations::new();
+        v.text("request_id", "abc-123", 128);
+        v.name("name", "Ó Briain Council");
+        assert!(v.is_empty());
+        for bad in ["a\0b", "a\u{1b}[31mb", "line\nbreak"] {
+            let mut v = Violations::new();
+            v.text("request_id", bad, 128);
+            assert!(!v.is_empty(), "{bad:?}");
+        }
+        for bad in ["Evil\u{202E}lioc", "a\u{200B}b", "ESC\u{1b}"] {
+            let mut v = Violations::new();
+            v.name("name", bad);
+            assert!(!v.is_empty(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn invalid_argument_carries_bad_request_field_violations() {

@@ -84,7 +84,7 @@ pub fn lookup_child(r: &pb::LookupChildRequest) -> Result<Lookup> {
         r.access_kind,
         r.setting.as_ref().unwrap_or(&pb::Setting::default()),
     );
-    v.max_len("request_id", &r.request_id, MAX_REQUEST_ID_BYTES);
+    v.text("request_id", &r.request_id, MAX_REQUEST_ID_BYTES);
     let lookup = (|| {
         Some(Lookup {
             nhs_number: nhs_number?,
@@ -231,7 +231,7 @@ pub fn list_audit_events(r: &pb::ListAuditEventsRequest) -> Result<AuditPage> {
     let ods_code = (!r.ods_code.is_empty())
         .then(|| v.ods_code("ods_code", &r.ods_code))
         .flatten();
-    v.max_len("user_id", &r.user_id, MAX_USER_ID_BYTES);
+    v.text("user_id", &r.user_id, MAX_USER_ID_BYTES);
     let start = micros(&mut v, "start_time", r.start_time.as_ref());
     let end = micros(&mut v, "end_time", r.end_time.as_ref());
     if let (Some(s), Some(e)) = (start, end)
@@ -287,6 +287,7 @@ pub fn upsert_organisation(r: &pb::UpsertOrganisationRequest) -> Result<Organisa
     if name.is_empty() || name.chars().count() > MAX_ORGANISATION_NAME_CHARS {
         v.add("name", "must be 1 to 200 characters");
     }
+    v.name("name", name);
     let kind = OrganisationKind::from_wire(r.kind);
     if kind.is_none() {
         v.add(
@@ -322,6 +323,7 @@ fn san(v: &mut Violations, san: &str) {
     if san.trim().is_empty() || san.len() > MAX_SAN_BYTES {
         v.add("san", "must be 1 to 255 characters");
     }
+    v.text("san", san, MAX_SAN_BYTES);
 }
 
 /// A valid `RegisterSystemRequest`: a system may hold `CPIS_LA_MANAGE` only.
@@ -374,6 +376,7 @@ pub fn set_restriction(r: &pb::SetRestrictionRequest) -> Result<(NhsNumber, Stri
     } else if r.reason.chars().count() > MAX_REASON_CHARS {
         v.add("reason", "must be at most 500 characters");
     }
+    v.text("reason", &r.reason, MAX_REASON_CHARS * 4);
     v.check(n.map(|n| (n, r.reason.clone())))
 }
 
@@ -421,6 +424,9 @@ impl UploadStream {
                 if chars == 0 || chars > MAX_UPLOAD_ID_CHARS {
                     return Err(Error::invalid("upload_id", "must be 1 to 128 characters"));
                 }
+                let mut v = Violations::new();
+                v.text("upload_id", &message.upload_id, MAX_UPLOAD_ID_CHARS * 4);
+                v.finish()?;
                 self.upload_id = Some(message.upload_id.clone());
             }
             Some(first) if *first != message.upload_id => {
@@ -630,6 +636,26 @@ mod tests {
         let mut empty = UploadStream::default();
         empty.message(&message("u", 0)).unwrap();
         assert!(empty.finish().is_err());
+    }
+
+    #[test]
+    fn control_characters_stop_at_the_edge() {
+        let mut r = lookup(PbKind::Unscheduled, PbSetting::EmergencyDepartment);
+        r.request_id = "id\0".into();
+        assert_eq!(fields(lookup_child(&r).unwrap_err()), ["request_id"]);
+        let org = pb::UpsertOrganisationRequest {
+            ods_code: "706".into(),
+            name: "Council\u{202E}".into(),
+            kind: 1,
+            onboarded: true,
+        };
+        assert_eq!(fields(upsert_organisation(&org).unwrap_err()), ["name"]);
+        let mut stream = UploadStream::default();
+        let poisoned = pb::UploadFlagsRequest {
+            upload_id: "u\0".into(),
+            records: vec![],
+        };
+        assert!(stream.message(&poisoned).is_err());
     }
 
     proptest! {

@@ -365,3 +365,119 @@ async fn a_message_over_its_rpcs_limit_is_message_too_large() {
     );
     a.lookup().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_input_stops_at_the_edge() {
+    let a = started(&[]).await;
+    // A NUL in an id of the request: INVALID_ARGUMENT naming it, nothing decided.
+    let mut request = pb::LookupChildRequest {
+        nhs_number: "9434765919".into(),
+        access_kind: pb::AccessKind::Unscheduled.into(),
+        setting: Some(pb::Setting {
+            ods_code: SITE.into(),
+            setting_type: pb::SettingType::EmergencyDepartment.into(),
+        }),
+        request_id: "lookup\0one".into(),
+    };
+    let refused = ChildProtectionClient::new(a.sys.channel())
+        .lookup_child(with_token(request.clone(), &a.clinician))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    let fields: Vec<String> = refused
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|f| f.field).collect())
+        .unwrap_or_default();
+    assert_eq!(fields, ["request_id"]);
+
+    // A NUL or an escape in a token's claims: UNAUTHENTICATED.
+    for user in ["dr.jones\0", "dr.\u{1b}[2Jjones"] {
+        let token = a.sys.token(user, TRUST, "R8000", &["B0107"]);
+        request.request_id.clear();
+        let refused = ChildProtectionClient::new(a.sys.channel())
+            .lookup_child(with_token(request.clone(), &token))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::Unauthenticated, "{user:?}");
+    }
+
+    // Bidirectional overrides and escapes are refused in organisation names.
+    let admin = a.sys.token("admin", ADMIN_ORG, "R0001", &["CPIS_ADMIN"]);
+    for name in ["Council\u{202E}lanretni", "Council \u{1b}[31mred"] {
+        let upsert = pb::UpsertOrganisationRequest {
+            ods_code: "Z98".into(),
+            name: name.into(),
+            kind: pb::OrganisationKind::LocalAuthority.into(),
+            onboarded: true,
+        };
+        let refused = AdministrationClient::new(a.sys.channel())
+            .upsert_organisation(with_token(upsert, &admin))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{name:?}");
+    }
+    a.lookup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_poisoned_decision_never_fails_the_audit_batch_of_the_others() {
+    use cpis_proto::access::access_control_client::AccessControlClient;
+    use cpis_proto::access::{DecideRequest, Principal};
+    let a = started(&[]).await;
+    let gateway = a.sys.ca.gateway(a.sys.dir.path());
+    let channel = a.sys.backend_channel("access-service", Some(&gateway));
+    let decide = |user: String| {
+        let channel = channel.clone();
+        async move {
+            let request = DecideRequest {
+                principal: Some(Principal {
+                    user_id: user,
+                    ods_code: LA.into(),
+                    role_code: "R9000".into(),
+                    activities: vec!["CPIS_LA_MANAGE".into()],
+                    ..Default::default()
+                }),
+                action: "ListFlags".into(),
+                ..Default::default()
+            };
+            AccessControlClient::new(channel).decide(request).await
+        }
+    };
+    // Decisions sent together, so they share audit batches; one of them carries a NUL that
+    // PostgreSQL would refuse in a text column.
+    let mut calls = Vec::new();
+    for i in 0..40 {
+        let user = if i == 20 {
+            "worker\0poisoned".to_string()
+        } else {
+            format!("worker.{i}")
+        };
+        calls.push(tokio::spawn(decide(user)));
+    }
+    let mut allowed = 0;
+    for (i, call) in calls.into_iter().enumerate() {
+        match call.await.unwrap() {
+            Ok(d) => {
+                assert!(d.into_inner().allowed);
+                allowed += 1;
+            }
+            Err(status) => {
+                assert_eq!(i, 20, "a good decision failed: {status:?}");
+                assert_eq!(status.code(), Code::InvalidArgument);
+            }
+        }
+    }
+    assert_eq!(allowed, 39);
+    let auditor = a
+        .sys
+        .token("caldicott", ADMIN_ORG, "R5105", &["CPIS_AUDIT"]);
+    let verified = pb::audit_client::AuditClient::new(a.sys.channel())
+        .verify_audit_log(with_token(
+            pb::VerifyAuditLogRequest { checkpoint: None },
+            &auditor,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verified.ok, "{verified:?}");
+}

@@ -60,14 +60,14 @@ pub fn validate(request: DecideRequest) -> Result<DecideInput> {
         Some(p) => {
             let ods = v.ods_code("principal.ods_code", &p.ods_code);
             if p.user_id.is_empty() {
-                v.max_len("principal.system_san", &p.system_san, MAX_ID_LEN);
+                v.text("principal.system_san", &p.system_san, MAX_ID_LEN);
                 ods.map(|claimed_ods_code| Identity::System {
                     san: p.system_san.clone(),
                     claimed_ods_code,
                 })
             } else {
-                v.max_len("principal.user_id", &p.user_id, MAX_ID_LEN);
-                v.max_len("principal.role_code", &p.role_code, 64);
+                v.text("principal.user_id", &p.user_id, MAX_ID_LEN);
+                v.text("principal.role_code", &p.role_code, 64);
                 ods.map(|ods_code| Identity::User {
                     user_id: p.user_id.clone(),
                     role_code: p.role_code.clone(),
@@ -131,7 +131,7 @@ pub fn validate(request: DecideRequest) -> Result<DecideInput> {
         None
     };
 
-    v.max_len("request_id", &request.request_id, MAX_ID_LEN);
+    v.text("request_id", &request.request_id, MAX_ID_LEN);
     if !request.request_id.is_empty() && request.request_fingerprint.len() != 32 {
         v.add(
             "request_fingerprint",
@@ -144,7 +144,7 @@ pub fn validate(request: DecideRequest) -> Result<DecideInput> {
             "must be a W3C trace id: 32 lower-case hexadecimal characters, not all zero",
         );
     }
-    v.max_len("upload_id", &request.upload_id, MAX_ID_LEN);
+    v.text("upload_id", &request.upload_id, MAX_ID_LEN);
     if !request.upload_id.is_empty() && action.is_some_and(|a| a != Action::UploadFlags) {
         v.add("upload_id", "must be empty except for UploadFlags");
     }
@@ -211,6 +211,17 @@ mod tests {
         assert_eq!(activities.len(), 1);
         assert_eq!(input.nhs_number.unwrap().as_str(), "9434765919");
         assert_eq!(input.lookup.unwrap().site.as_str(), "RQX01");
+    }
+
+    #[test]
+    fn control_characters_in_a_principal_or_an_id_are_invalid_and_never_stored() {
+        let mut r = lookup_request();
+        if let Some(p) = r.principal.as_mut() {
+            p.user_id = "dr.jones\0".into();
+        }
+        r.request_id = "r\u{1b}1".into();
+        r.request_fingerprint = vec![0; 32];
+        assert_eq!(fields(r), ["principal.user_id", "request_id"]);
     }
 
     #[test]
