@@ -6,6 +6,7 @@ use crate::{devkeys, token};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use platform::config::{ServeArgs, TlsArgs};
+use platform::inproc;
 use platform::runtime::Component;
 use platform::server::Running;
 use platform::shutdown::Shutdown;
@@ -44,28 +45,26 @@ pub struct DevSystem {
     pub components: Vec<(&'static str, Running)>,
 }
 
-/// Starts the four services in this process. The backends listen on ephemeral loopback
-/// ports and trust the in-process gateway as a loopback peer.
+/// Starts the four services in this process. The backends are served over in-process pairs
+/// (tonic over an in-memory duplex): no internal hop opens a port or a socket that another
+/// local process could reach, and each backend trusts exactly the calls from its pair.
 pub async fn start(args: &DevArgs, shutdown: Shutdown) -> Result<DevSystem> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let keys = devkeys::ensure(&args.data_dir)?;
+    let (access_pair, flag_pair, attendance_pair) =
+        (inproc::pair(), inproc::pair(), inproc::pair());
 
-    let access = access_service::AccessService::start(
-        access_service::AccessArgs::embedded(args.data_dir.clone()),
-        shutdown.clone(),
-    )
-    .await?;
-    let flag = flag_service::FlagService::start(
-        flag_service::FlagArgs::embedded(args.data_dir.clone()),
-        shutdown.clone(),
-    )
-    .await?;
-    let attendance = attendance_service::AttendanceService::start(
-        attendance_service::AttendanceArgs::embedded(args.data_dir.clone()),
-        shutdown.clone(),
-    )
-    .await?;
+    let mut access_args = access_service::AccessArgs::embedded(args.data_dir.clone());
+    access_args.serve.in_process = Some(access_pair.1);
+    let access = access_service::AccessService::start(access_args, shutdown.clone()).await?;
+    let mut flag_args = flag_service::FlagArgs::embedded(args.data_dir.clone());
+    flag_args.serve.in_process = Some(flag_pair.1);
+    let flag = flag_service::FlagService::start(flag_args, shutdown.clone()).await?;
+    let mut attendance_args = attendance_service::AttendanceArgs::embedded(args.data_dir.clone());
+    attendance_args.serve.in_process = Some(attendance_pair.1);
+    let attendance =
+        attendance_service::AttendanceService::start(attendance_args, shutdown.clone()).await?;
 
     let mut gateway_serve = ServeArgs::embedded(args.data_dir.clone());
     gateway_serve.listen = Some(args.listen);
@@ -78,16 +77,22 @@ pub async fn start(args: &DevArgs, shutdown: Shutdown) -> Result<DevSystem> {
     };
     let gateway_args = gateway::GatewayArgs {
         serve: gateway_serve,
-        flag_url: format!("http://{}", flag.addr),
-        attendance_url: format!("http://{}", attendance.addr),
-        access_url: format!("http://{}", access.addr),
+        // Unused: the backends are reached over their in-process pairs.
+        flag_url: String::new(),
+        attendance_url: String::new(),
+        access_url: String::new(),
         jwks_file: Some(keys.jwks_path.clone()),
         token_issuer: devkeys::ISSUER.into(),
         token_audience: devkeys::AUDIENCE.into(),
         max_watches: gateway::DEFAULT_MAX_WATCHES,
         max_watches_per_organisation: gateway::DEFAULT_MAX_WATCHES_PER_ORGANISATION,
     };
-    let gateway = gateway::Gateway::start(gateway_args, shutdown.clone())
+    let pairs = gateway::InProcessBackends {
+        flag: flag_pair.0,
+        attendance: attendance_pair.0,
+        access: access_pair.0,
+    };
+    let gateway = gateway::Gateway::start_in_process(gateway_args, pairs, shutdown.clone())
         .await
         .with_context(|| format!("starting the gateway on {}", args.listen))?;
     let demo = if args.demo {

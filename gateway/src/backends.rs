@@ -125,6 +125,10 @@ impl<C: Clone> Backend<C> {
     }
 }
 
+const FLAG: &str = "flag-service";
+const ATTENDANCE: &str = "attendance-service";
+const ACCESS: &str = "access-service";
+
 /// The three backends.
 #[derive(Clone)]
 pub struct Backends {
@@ -264,6 +268,19 @@ fn channel(name: &'static str, url: &str, tls: Option<ClientFiles>) -> Result<Ch
 }
 
 impl Backends {
+    /// Backends in this process, over in-process pairs (`cpis dev`).
+    pub fn in_process(pairs: &crate::InProcessBackends) -> Self {
+        Backends {
+            flag: Backend::new(FLAG, pairs.flag.channel(), FlagRegistryClient::new),
+            attendance: Backend::new(
+                ATTENDANCE,
+                pairs.attendance.channel(),
+                AttendanceLogClient::new,
+            ),
+            access: Backend::new(ACCESS, pairs.access.channel(), AccessControlClient::new),
+        }
+    }
+
     /// Lazy connections: the gateway starts (NOT_SERVING) while its backends are still down.
     pub fn connect(
         flag_url: &str,
@@ -271,9 +288,6 @@ impl Backends {
         access_url: &str,
         tls: Option<ClientFiles>,
     ) -> Result<Self> {
-        const FLAG: &str = "flag-service";
-        const ATTENDANCE: &str = "attendance-service";
-        const ACCESS: &str = "access-service";
         Ok(Backends {
             flag: Backend::new(
                 FLAG,

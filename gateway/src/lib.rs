@@ -134,63 +134,7 @@ impl Component for Gateway {
             &args.access_url,
             internal_tls,
         )?;
-        let readiness =
-            Readiness::new(tonic_health::server::HealthReporter::new(), &SERVICES).await;
-        tokio::spawn(backends::watch(
-            backends.clone(),
-            readiness.clone(),
-            shutdown.clone(),
-        ));
-
-        let auth = match &args.jwks_file {
-            Some(path) => Authenticator::from_file(
-                path.clone(),
-                args.token_issuer.clone(),
-                args.token_audience.clone(),
-            )?,
-            None => {
-                tracing::warn!("no --jwks-file: every user token will be refused");
-                Authenticator::without_keys(args.token_issuer.clone(), args.token_audience.clone())
-            }
-        };
-        let core = Arc::new(core::Core {
-            backends,
-            auth,
-            readiness: readiness.clone(),
-            shutdown: shutdown.clone(),
-            watches: streams::WatchLimits::new(args.max_watches, args.max_watches_per_organisation),
-        });
-        tokio::spawn(obligations::reconcile(core.clone(), RECONCILE_EVERY));
-        let admit = core.auth.admission();
-        let api = api::PublicApi { core };
-        // Every public service caps what it decodes: a 5,000-record upload batch fits with room.
-        let max = server::MAX_MESSAGE_BYTES;
-        let routes =
-            Routes::new(ChildProtectionServer::new(api.clone()).max_decoding_message_size(max))
-                .add_service(LocalAuthorityServer::new(api.clone()).max_decoding_message_size(max))
-                .add_service(AuditServer::new(api.clone()).max_decoding_message_size(max))
-                .add_service(AdministrationServer::new(api).max_decoding_message_size(max));
-
-        let listen = args.serve.listen.unwrap_or(DEFAULT_LISTEN);
-        let listener = server::bind(listen).await?;
-        if let Some(addr) = args.serve.metrics_listen {
-            platform::metrics::serve(addr, shutdown.clone()).await?;
-        }
-        let config = ServeConfig {
-            name: NAME,
-            services: SERVICES.to_vec(),
-            grace: args.serve.grace(),
-            tls: platform::tls::ServerTls::from_args(
-                &args.serve.tls,
-                platform::tls::ClientAuth::Optional,
-            )?,
-            health_listen: args.serve.health_listen,
-            max_in_flight: args.serve.max_in_flight,
-            admit: Some(admit),
-            limits: Some(limits::public()),
-            connections: args.serve.connections,
-        };
-        server::spawn(config, listener, routes, readiness, shutdown).await
+        serve(args, backends, shutdown).await
     }
 
     async fn migrate(_: DatabaseArgs) -> platform::Result<()> {
@@ -201,4 +145,93 @@ impl Component for Gateway {
     fn log_args(args: &GatewayArgs) -> &LogArgs {
         &args.serve.log
     }
+}
+
+impl Gateway {
+    /// The gateway in front of backends running in this process over in-process pairs
+    /// (`cpis dev`): no internal hop opens a port or a socket. The URL arguments are unused.
+    pub async fn start_in_process(
+        args: GatewayArgs,
+        backends: InProcessBackends,
+        shutdown: Shutdown,
+    ) -> platform::Result<Running> {
+        serve(args, Backends::in_process(&backends), shutdown).await
+    }
+}
+
+/// The in-process pairs' client sides, one per backend.
+pub struct InProcessBackends {
+    pub flag: platform::inproc::Connect,
+    pub attendance: platform::inproc::Connect,
+    pub access: platform::inproc::Connect,
+}
+
+async fn serve(
+    args: GatewayArgs,
+    backends: Backends,
+    shutdown: Shutdown,
+) -> platform::Result<Running> {
+    let readiness = Readiness::new(tonic_health::server::HealthReporter::new(), &SERVICES).await;
+    tokio::spawn(backends::watch(
+        backends.clone(),
+        readiness.clone(),
+        shutdown.clone(),
+    ));
+
+    let auth = match &args.jwks_file {
+        Some(path) => Authenticator::from_file(
+            path.clone(),
+            args.token_issuer.clone(),
+            args.token_audience.clone(),
+        )?,
+        None => {
+            tracing::warn!("no --jwks-file: every user token will be refused");
+            Authenticator::without_keys(args.token_issuer.clone(), args.token_audience.clone())
+        }
+    };
+    let core = Arc::new(core::Core {
+        backends,
+        auth,
+        readiness: readiness.clone(),
+        shutdown: shutdown.clone(),
+        watches: streams::WatchLimits::new(args.max_watches, args.max_watches_per_organisation),
+    });
+    tokio::spawn(obligations::reconcile(core.clone(), RECONCILE_EVERY));
+    let admit = core.auth.admission();
+    let api = api::PublicApi { core };
+    // Every public service caps what it decodes: a 5,000-record upload batch fits with room.
+    let max = server::MAX_MESSAGE_BYTES;
+    let routes =
+        Routes::new(ChildProtectionServer::new(api.clone()).max_decoding_message_size(max))
+            .add_service(LocalAuthorityServer::new(api.clone()).max_decoding_message_size(max))
+            .add_service(AuditServer::new(api.clone()).max_decoding_message_size(max))
+            .add_service(AdministrationServer::new(api).max_decoding_message_size(max));
+
+    let listen = args.serve.listen.unwrap_or(DEFAULT_LISTEN);
+    let listener = server::bind(listen).await?;
+    if let Some(addr) = args.serve.metrics_listen {
+        platform::metrics::serve(addr, shutdown.clone()).await?;
+    }
+    let config = ServeConfig {
+        name: NAME,
+        services: SERVICES.to_vec(),
+        grace: args.serve.grace(),
+        tls: platform::tls::ServerTls::from_args(
+            &args.serve.tls,
+            platform::tls::ClientAuth::Optional,
+        )?,
+        health_listen: args.serve.health_listen,
+        max_in_flight: args.serve.max_in_flight,
+        admit: Some(admit),
+        limits: Some(limits::public()),
+        connections: args.serve.connections,
+    };
+    server::spawn(
+        config,
+        server::Listen::Tcp(listener),
+        routes,
+        readiness,
+        shutdown,
+    )
+    .await
 }

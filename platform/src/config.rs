@@ -120,6 +120,11 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub log: LogArgs,
+
+    /// Set only by `cpis dev`: serve over an in-process pair instead of a port, trusting
+    /// exactly the calls that arrive over it.
+    #[arg(skip)]
+    pub in_process: Option<crate::inproc::Accept>,
 }
 
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 2048;
@@ -236,6 +241,7 @@ impl ServeArgs {
             grace_period: 5,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             connections: ConnectionArgs::DEFAULT,
+            in_process: None,
             log: LogArgs {
                 log_format: LogFormat::Text,
                 otlp_endpoint: None,

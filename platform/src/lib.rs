@@ -19,6 +19,7 @@ pub mod database;
 pub mod domain;
 pub mod error;
 pub mod health;
+pub mod inproc;
 pub mod limits;
 pub mod metrics;
 pub mod observe;

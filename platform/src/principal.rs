@@ -18,6 +18,8 @@ pub const METADATA_KEY: &str = "cpis-principal-bin";
 pub enum PeerTrust {
     /// `--insecure-internal`: loopback peers are trusted, nothing else.
     Loopback,
+    /// `cpis dev`: only calls over this process's own in-memory pair ([`crate::inproc`]).
+    InProcess,
     /// mTLS: a peer whose verified client certificate carries one of these SANs.
     Gateway { sans: Vec<String> },
 }
@@ -39,6 +41,7 @@ pub fn require_gateway_peer<T>(request: &Request<T>, trust: &PeerTrust) -> Resul
             .remote_addr
             .or_else(|| request.remote_addr())
             .is_some_and(|a| a.ip().is_loopback()),
+        PeerTrust::InProcess => peer.in_process,
         PeerTrust::Gateway { sans } => peer.client_sans.iter().any(|s| sans.contains(s)),
     };
     if trusted {

@@ -166,7 +166,10 @@ async fn start_backend<M: MigratorTrait + Send + Sync + 'static>(
     make_routes: impl FnOnce(BackendContext) -> Result<Routes>,
 ) -> Result<(Running, BackendContext)> {
     let listen = args.listen.unwrap_or(default_listen);
-    let peer_trust = internal_trust(name, args, listen)?;
+    let peer_trust = match &args.in_process {
+        Some(_) => PeerTrust::InProcess,
+        None => internal_trust(name, args, listen)?,
+    };
     let url = database::database_url(&args.database, name)?;
     tracing::info!(service = name, database = %database::redact_url(&url), "starting");
     let db = database::connect(&url).await?;
@@ -189,7 +192,10 @@ async fn start_backend<M: MigratorTrait + Send + Sync + 'static>(
         peer_trust,
     };
     let routes = make_routes(context.clone())?;
-    let listener = server::bind(listen).await?;
+    let listener = match &args.in_process {
+        Some(accept) => server::Listen::InProcess(accept.clone()),
+        None => server::Listen::Tcp(server::bind(listen).await?),
+    };
     if let Some(addr) = args.metrics_listen {
         crate::metrics::serve(addr, shutdown.clone()).await?;
     }

@@ -132,19 +132,33 @@ fn with_reflection(routes: Routes, services: &[&'static str]) -> Result<Routes> 
     Ok(routes.add_service(v1).add_service(v1alpha))
 }
 
+/// Where a server takes its connections from.
+pub enum Listen {
+    Tcp(TcpListener),
+    /// `cpis dev`'s in-memory pair: no port, no socket.
+    InProcess(crate::inproc::Accept),
+}
+
+/// Where a server with no network address reports it listens.
+pub const IN_PROCESS_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
 /// Starts serving `routes` (plus health and reflection) on `listener` until `shutdown` fires;
 /// then reports `NOT_SERVING`, stops accepting, lets calls in flight finish for the grace
 /// period and drops whatever is left.
 pub async fn spawn(
     config: ServeConfig,
-    listener: TcpListener,
+    listener: Listen,
     routes: Routes,
     readiness: Readiness,
     shutdown: Shutdown,
 ) -> Result<Running> {
-    let addr = listener
-        .local_addr()
-        .map_err(|e| Error::internal(format!("listener address: {e}")))?;
+    let addr = match &listener {
+        Listen::Tcp(l) => l
+            .local_addr()
+            .map_err(|e| Error::internal(format!("listener address: {e}")))?,
+        Listen::InProcess(_) => IN_PROCESS_ADDR,
+    };
     let health = HealthServer::new(HealthService::from_health_reporter(readiness.reporter()));
     let all = with_reflection(routes.add_service(health.clone()), &config.services)?;
 
@@ -193,7 +207,12 @@ pub async fn spawn(
     tracing::info!(service = config.name, %addr, tls = config.tls.is_some(), "serving");
     let name = config.name;
     let grace = config.grace;
-    let incoming = crate::tls::incoming(listener, config.tls, shutdown.clone());
+    let incoming = match listener {
+        Listen::Tcp(l) => crate::tls::incoming(l, config.tls, shutdown.clone()),
+        Listen::InProcess(accept) => accept.incoming().ok_or_else(|| {
+            Error::internal("the in-process connections were already taken by another server")
+        })?,
+    };
     let task = tokio::spawn(async move {
         let stop_accepting = {
             let shutdown = shutdown.clone();

@@ -143,6 +143,8 @@ pub struct PeerInfo {
     /// Subject alternative names (URIs such as `spiffe://...`, then DNS names) of the client
     /// certificate the TLS handshake verified; empty without one.
     pub client_sans: Arc<Vec<String>>,
+    /// The connection is this process's own in-memory pair ([`crate::inproc`]).
+    pub in_process: bool,
 }
 
 impl PeerInfo {
@@ -182,13 +184,14 @@ pub fn subject_alt_names(cert: &CertificateDer<'_>) -> Vec<String> {
 pub enum PeerStream {
     Plain(TcpStream, PeerInfo),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>, PeerInfo),
+    Memory(tokio::io::DuplexStream, PeerInfo),
 }
 
 impl tonic::transport::server::Connected for PeerStream {
     type ConnectInfo = PeerInfo;
     fn connect_info(&self) -> PeerInfo {
         match self {
-            PeerStream::Plain(_, p) | PeerStream::Tls(_, p) => p.clone(),
+            PeerStream::Plain(_, p) | PeerStream::Tls(_, p) | PeerStream::Memory(_, p) => p.clone(),
         }
     }
 }
@@ -202,6 +205,7 @@ impl AsyncRead for PeerStream {
         match self.get_mut() {
             PeerStream::Plain(s, _) => Pin::new(s).poll_read(cx, buf),
             PeerStream::Tls(s, _) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            PeerStream::Memory(s, _) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -215,18 +219,21 @@ impl AsyncWrite for PeerStream {
         match self.get_mut() {
             PeerStream::Plain(s, _) => Pin::new(s).poll_write(cx, buf),
             PeerStream::Tls(s, _) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            PeerStream::Memory(s, _) => Pin::new(s).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             PeerStream::Plain(s, _) => Pin::new(s).poll_flush(cx),
             PeerStream::Tls(s, _) => Pin::new(s.as_mut()).poll_flush(cx),
+            PeerStream::Memory(s, _) => Pin::new(s).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             PeerStream::Plain(s, _) => Pin::new(s).poll_shutdown(cx),
             PeerStream::Tls(s, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            PeerStream::Memory(s, _) => Pin::new(s).poll_shutdown(cx),
         }
     }
     fn poll_write_vectored(
@@ -237,12 +244,14 @@ impl AsyncWrite for PeerStream {
         match self.get_mut() {
             PeerStream::Plain(s, _) => Pin::new(s).poll_write_vectored(cx, bufs),
             PeerStream::Tls(s, _) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            PeerStream::Memory(s, _) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
     fn is_write_vectored(&self) -> bool {
         match self {
             PeerStream::Plain(s, _) => s.is_write_vectored(),
             PeerStream::Tls(s, _) => s.is_write_vectored(),
+            PeerStream::Memory(s, _) => s.is_write_vectored(),
         }
     }
 }
@@ -274,6 +283,7 @@ pub fn incoming(
             let base = PeerInfo {
                 remote_addr: Some(remote),
                 client_sans: Arc::new(Vec::new()),
+                in_process: false,
             };
             let Some(acceptor) = tls.as_ref().and_then(ServerTls::acceptor) else {
                 if tx.send(Ok(PeerStream::Plain(tcp, base))).await.is_err() {

@@ -147,3 +147,63 @@ async fn a_lookup_without_a_valid_token_is_unauthenticated() {
         running.wait().await.unwrap();
     }
 }
+
+/// The TCP sockets this process listens on, by port (from `/proc`: sockets this process owns
+/// that the kernel lists in state LISTEN).
+fn listening_ports() -> Vec<u16> {
+    let owned: std::collections::HashSet<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            l.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_owned)
+        })
+        .collect();
+    let mut ports = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            // local_address, state (0A = LISTEN), inode
+            if cols.len() > 9 && cols[3] == "0A" && owned.contains(cols[9]) {
+                let port = cols[1].rsplit(':').next().unwrap();
+                ports.push(u16::from_str_radix(port, 16).unwrap());
+            }
+        }
+    }
+    ports
+}
+
+#[tokio::test]
+async fn cpis_dev_internal_hops_open_no_port_another_process_could_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let (trigger, shutdown) = Shutdown::new();
+    let system = dev::start(&args(dir.path()), shutdown).await.unwrap();
+    common::wait_for_health(system.gateway_addr, "", ServingStatus::Serving).await;
+    // A lookup goes through all three backends.
+    let mut client = cpis_proto::gateway::child_protection_client::ChildProtectionClient::new(
+        common::channel(system.gateway_addr).await,
+    );
+    let _ = client
+        .lookup_child(cpis_proto::gateway::LookupChildRequest::default())
+        .await;
+    assert_eq!(
+        listening_ports(),
+        [system.gateway_addr.port()],
+        "only the gateway listens"
+    );
+    for (name, running) in &system.components {
+        if *name != "gateway" {
+            assert_eq!(running.addr, platform::server::IN_PROCESS_ADDR, "{name}");
+        }
+    }
+    trigger.fire();
+    for (name, running) in system.components {
+        running
+            .wait()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
