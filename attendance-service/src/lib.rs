@@ -46,9 +46,9 @@ impl BackendService for AttendanceService {
 
     fn routes(_: &AttendanceArgs, context: BackendContext) -> platform::Result<Routes> {
         Ok(Routes::new(
-            cpis_proto::attendance::attendance_log_server::AttendanceLogServer::new(
-                Handlers::new(context),
-            )
+            cpis_proto::attendance::attendance_log_server::AttendanceLogServer::new(Handlers::new(
+                context,
+            ))
             .max_decoding_message_size(platform::server::MAX_MESSAGE_BYTES),
         ))
     }

@@ -9,9 +9,7 @@ use aws_lc_rs::digest;
 use chrono::Utc;
 use cpis_proto::access::Principal;
 use cpis_proto::flag::flag_registry_server::FlagRegistry;
-use cpis_proto::flag::{
-    FlagSet, GetFlagsRequest, GetFlagsResponse, LocalAuthorityBacklog, NotificationBacklogResponse,
-};
+use cpis_proto::flag::{FlagSet, GetFlagsRequest, GetFlagsResponse};
 use cpis_proto::gateway::{
     AcknowledgeNotificationsRequest, AcknowledgeNotificationsResponse, ClearRestrictionRequest,
     DeleteFlagRequest, EndFlagRequest, Flag as WireFlag, ListFlagsRequest, ListFlagsResponse,
@@ -326,17 +324,6 @@ impl Handlers {
             notifications_created: appended.stored,
         })
     }
-
-    async fn backlog(&self, request: Request<()>) -> Result<NotificationBacklogResponse> {
-        self.gateway_only(&request)?;
-        Ok(NotificationBacklogResponse {
-            backlogs: outbox::backlogs(self.db())
-                .await?
-                .into_iter()
-                .map(|(ods_code, backlog)| LocalAuthorityBacklog { ods_code, backlog })
-                .collect(),
-        })
-    }
 }
 
 /// Reads the whole upload stream, checking it and staging each message's records as it
@@ -529,12 +516,5 @@ impl FlagRegistry for Handlers {
         request: Request<MarkNhsNumberInactiveRequest>,
     ) -> Answer<MarkNhsNumberInactiveResponse> {
         answer(self.mark_inactive(request).await)
-    }
-
-    async fn notification_backlog(
-        &self,
-        request: Request<()>,
-    ) -> Answer<NotificationBacklogResponse> {
-        answer(self.backlog(request).await)
     }
 }

@@ -218,9 +218,11 @@ pub fn database_unreachable(e: &sea_orm::DbErr) -> bool {
         return false;
     };
     match sqlx.as_ref() {
-        Sqlx::Io(_) | Sqlx::Tls(_) | Sqlx::PoolTimedOut | Sqlx::PoolClosed | Sqlx::WorkerCrashed => {
-            true
-        }
+        Sqlx::Io(_)
+        | Sqlx::Tls(_)
+        | Sqlx::PoolTimedOut
+        | Sqlx::PoolClosed
+        | Sqlx::WorkerCrashed => true,
         // PostgreSQL: class 08 (connection exception), 57P01-57P03 (shutting down, starting
         // up), 53300 (too many connections).
         Sqlx::Database(db) => db.code().is_some_and(|code| {

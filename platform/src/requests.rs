@@ -130,7 +130,12 @@ pub fn end_flag(r: &pb::EndFlagRequest) -> Result<EndFlag> {
     {
         v.add("end_date", "is before start_date");
     }
-    let end_flag = (|| Some(EndFlag { key: key?, end: end? }))();
+    let end_flag = (|| {
+        Some(EndFlag {
+            key: key?,
+            end: end?,
+        })
+    })();
     v.check(end_flag)
 }
 
@@ -566,7 +571,10 @@ mod tests {
             page_size: 2,
             page_token: token.clone(),
         };
-        assert_eq!(fields(list_notifications(&other).unwrap_err()), ["page_token"]);
+        assert_eq!(
+            fields(list_notifications(&other).unwrap_err()),
+            ["page_token"]
+        );
         let same = pb::ListNotificationsRequest {
             after_cursor: 0,
             from_start: true,
