@@ -135,6 +135,11 @@ impl Handlers {
         stream: Streaming<UploadFlagsRequest>,
     ) -> Result<uploads::Applied> {
         let (upload_id, fingerprint) = receive(self.db(), stream, attempt).await?;
+        // tonic reports a client's cancel of a request stream as the stream's end, and hyper
+        // drops a call whose stream was reset only when the call next waits: waiting once
+        // before applying lets a cancelled upload be dropped (its staging discarded) rather
+        // than the records staged so far applied as if they were the whole upload.
+        tokio::task::yield_now().await;
         let upload = uploads::Upload {
             la_ods_code: la.as_str().to_owned(),
             la_name: principal.organisation_name.clone(),
