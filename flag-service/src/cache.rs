@@ -154,14 +154,11 @@ pub async fn from_database(
     db: &DatabaseConnection,
     numbers: &[NhsNumber],
 ) -> Result<Vec<FlagRows>> {
-    let wanted: Vec<String> = numbers.iter().map(|n| n.as_str().to_owned()).collect();
-    let mut grouped: HashMap<String, Vec<Flag>> = HashMap::new();
-    for row in live_on(db, &wanted).await? {
-        if let Some(flag) = Flag::from_row(&row) {
-            grouped.entry(row.nhs_number).or_default().push(flag);
-        }
+    let mut grouped: HashMap<NhsNumber, Vec<Flag>> = HashMap::new();
+    for flag in live_on(db, numbers).await? {
+        grouped.entry(flag.nhs_number).or_default().push(flag);
     }
-    Ok(wanted
+    Ok(numbers
         .iter()
         .map(|n| Arc::new(grouped.get(n).cloned().unwrap_or_default()))
         .collect())

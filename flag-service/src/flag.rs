@@ -1,17 +1,65 @@
-//! A flag as lookups see it: what the cache holds per NHS number and what answers are built
-//! from. Visibility and `active` are computed at each instant, never stored.
+//! The registry's value types, shared by requests and storage (neither imports the other): a
+//! flag as lookups see it (what the cache holds per NHS number and what answers are built
+//! from), the key naming one, and who a change or a notifying read is made by. Visibility and
+//! `active` are computed at each instant, never stored.
 
 use crate::entities::flag as flag_row;
 use crate::rules::FlagDates;
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use cpis_proto::gateway;
-use platform::domain::{FlagType, format_optional_date, parse_date, parse_optional_date};
+use platform::domain::{
+    FlagType, NhsNumber, SettingType, format_optional_date, parse_date, parse_optional_date,
+};
+
+/// A flag as EndFlag and DeleteFlag name it, typed at the edge by the validator the gateway
+/// shares.
+pub use platform::requests::FlagKey;
+
+/// A [`FlagKey`] as a map key, in the order an upload locks rows in (number, type, start):
+/// platform's `FlagKey` derives neither `Hash` nor `Ord`.
+pub type Identity = (NhsNumber, FlagType, NaiveDate);
+
+/// The key an [`Identity`] stands for.
+pub fn key_of((nhs_number, flag_type, start): Identity) -> FlagKey {
+    FlagKey {
+        nhs_number,
+        flag_type,
+        start,
+    }
+}
+
+/// Who looked a child up, for the ACCESS notifications of a notifying read.
+#[derive(Clone, Debug)]
+pub struct Access {
+    pub lookup_id: String,
+    pub user_id: String,
+    pub role_code: String,
+    pub site_ods_code: String,
+    pub organisation_name: String,
+    pub setting_type: Option<SettingType>,
+    pub accessed_at: DateTime<Utc>,
+}
+
+/// The administrator making a change, as the notifications name them.
+#[derive(Clone, Debug)]
+pub struct Administrator {
+    pub user_id: String,
+    pub role_code: String,
+    pub ods_code: String,
+    pub organisation_name: String,
+}
+
+/// The flags among `flags` (every live flag on a number) visible on `today`: what a lookup is
+/// answered with, and the flags whose LAs an event on the number notifies.
+pub fn visible(flags: &[Flag], today: NaiveDate) -> impl Iterator<Item = &Flag> {
+    flags.iter().filter(move |f| f.dates.is_visible(today))
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Flag {
     pub la_ods_code: String,
     pub la_name: String,
-    pub nhs_number: String,
+    pub nhs_number: NhsNumber,
     pub dates: FlagDates,
     pub emergency_phone: String,
     pub office_hours_phone: String,
@@ -19,12 +67,13 @@ pub struct Flag {
 }
 
 impl Flag {
-    /// `None` for a row whose type is not one we know (never written by this service).
+    /// `None` for a row whose type or number is not one we know (never written by this
+    /// service).
     pub fn from_row(row: &flag_row::Model) -> Option<Flag> {
         Some(Flag {
             la_ods_code: row.la_ods_code.clone(),
             la_name: row.la_name.clone(),
-            nhs_number: row.nhs_number.clone(),
+            nhs_number: NhsNumber::parse(&row.nhs_number).ok()?,
             dates: FlagDates {
                 flag_type: FlagType::parse(&row.flag_type)?,
                 start: row.start_date,
@@ -40,7 +89,7 @@ impl Flag {
     /// The wire form, with `active` as of `today`.
     pub fn to_proto(&self, today: NaiveDate) -> gateway::Flag {
         gateway::Flag {
-            nhs_number: self.nhs_number.clone(),
+            nhs_number: self.nhs_number.as_str().to_owned(),
             flag_type: self.dates.flag_type.into(),
             start_date: format_optional_date(Some(self.dates.start)),
             end_date: format_optional_date(self.dates.end),
@@ -62,7 +111,7 @@ impl Flag {
         Some(Flag {
             la_ods_code: la.ods_code.clone(),
             la_name: la.name.clone(),
-            nhs_number: flag.nhs_number.clone(),
+            nhs_number: NhsNumber::parse(&flag.nhs_number).ok()?,
             dates: FlagDates {
                 flag_type: FlagType::from_wire(flag.flag_type)?,
                 start: parse_date(&flag.start_date).ok()?,
@@ -86,7 +135,7 @@ mod tests {
         let flag = Flag {
             la_ods_code: "706".into(),
             la_name: "Example Council".into(),
-            nhs_number: "9434765919".into(),
+            nhs_number: NhsNumber::parse("9434765919").unwrap(),
             dates: FlagDates {
                 flag_type: FlagType::Ucpp,
                 start: parse_date("2025-01-01").unwrap(),

@@ -4,9 +4,11 @@
 //! records, inactive numbers, and the per-LA notification outbox. It calls no other service:
 //! the gateway decides access first and forwards the verified principal.
 //!
-//! A request enters in [`handlers`], is parsed in [`requests`], judged by [`rules`] (dates,
-//! visibility, record codes) and stored through [`storage`]. Lookups read through [`cache`];
-//! watchers of the outbox are woken by [`feed`].
+//! A request enters in [`handlers`] and is parsed by `platform::requests` (the public
+//! messages, with the validators the gateway calls too) or by [`requests`] (the internal
+//! `GetFlags`, the forwarded principal), into the value types of [`flag`]; it is judged by
+//! [`rules`] (dates, visibility, record codes) and stored through [`storage`]. Lookups read
+//! through [`cache`]; watchers of the outbox are woken by [`feed`].
 
 pub mod cache;
 pub mod entities;

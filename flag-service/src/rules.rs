@@ -5,7 +5,7 @@
 
 use chrono::{Days, NaiveDate};
 use cpis_proto::gateway::{FlagRecord, RecordCode};
-use platform::domain::{FlagType, NhsNumber, parse_optional_date};
+use platform::domain::{FlagType, NhsNumber, parse_date, parse_optional_date};
 
 /// CPP and LAC stay visible, shown as ended, for this long after their end date.
 pub const ENDED_PLAN_WINDOW: Days = Days::new(365);
@@ -142,9 +142,7 @@ fn judge_dates(flag_type: FlagType, record: &FlagRecord) -> Result<FlagDates, Re
     if record.start_date.is_empty() {
         return Err(invalid("start_date", &"is required"));
     }
-    let start = parse_optional_date(&record.start_date)
-        .map_err(|e| invalid("start_date", &e))?
-        .ok_or_else(|| invalid("start_date", &"is required"))?;
+    let start = parse_date(&record.start_date).map_err(|e| invalid("start_date", &e))?;
     let end = parse_optional_date(&record.end_date).map_err(|e| invalid("end_date", &e))?;
     let due = parse_optional_date(&record.due_date).map_err(|e| invalid("due_date", &e))?;
     if end.is_some_and(|end| end < start) {

@@ -1,24 +1,18 @@
 //! Flags and their history: reads by number, the LA's own list, end and delete.
 
+use super::outbox::{self, Appended, Event};
 use super::{NUMBERS_PER_QUERY, begin_write};
 use crate::entities::{flag, flag_history};
 use crate::error::{RegistryError, Result};
+use crate::flag::{Access, Flag, FlagKey, visible};
 use chrono::{DateTime, NaiveDate, Utc};
-use platform::domain::FlagType;
+use platform::domain::{NhsNumber, england_date};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect,
 };
-
-/// What names one flag of an LA.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FlagKey {
-    pub nhs_number: String,
-    pub flag_type: FlagType,
-    pub start: NaiveDate,
-}
 
 /// The changeable part of a flag, as history records it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,7 +74,7 @@ impl Change<'_> {
         flag_history::ActiveModel {
             id: NotSet,
             la_ods_code: Set(self.la.to_owned()),
-            nhs_number: Set(key.nhs_number.clone()),
+            nhs_number: Set(key.nhs_number.as_str().to_owned()),
             flag_type: Set(key.flag_type.as_str().to_owned()),
             start_date: Set(key.start),
             change: Set(kind.to_owned()),
@@ -98,7 +92,7 @@ impl Change<'_> {
             id: NotSet,
             la_ods_code: Set(self.la.to_owned()),
             la_name: Set(state.la_name.clone()),
-            nhs_number: Set(key.nhs_number.clone()),
+            nhs_number: Set(key.nhs_number.as_str().to_owned()),
             flag_type: Set(key.flag_type.as_str().to_owned()),
             start_date: Set(key.start),
             end_date: Set(state.end),
@@ -137,19 +131,29 @@ pub fn upsert_on_identity() -> OnConflict {
 }
 
 /// Every flag not deleted on these numbers, from every LA.
-pub async fn live_on(db: &impl ConnectionTrait, numbers: &[String]) -> Result<Vec<flag::Model>> {
-    let mut rows = Vec::new();
+pub async fn live_on(db: &impl ConnectionTrait, numbers: &[NhsNumber]) -> Result<Vec<Flag>> {
+    let mut flags = Vec::new();
     for chunk in numbers.chunks(NUMBERS_PER_QUERY) {
-        rows.extend(
-            flag::Entity::find()
-                .filter(flag::Column::NhsNumber.is_in(chunk.iter().cloned()))
-                .filter(flag::Column::Deleted.eq(false))
-                .order_by_asc(flag::Column::Id)
-                .all(db)
-                .await?,
-        );
+        let rows = flag::Entity::find()
+            .filter(flag::Column::NhsNumber.is_in(chunk.iter().map(|n| n.as_str())))
+            .filter(flag::Column::Deleted.eq(false))
+            .order_by_asc(flag::Column::Id)
+            .all(db)
+            .await?;
+        flags.extend(rows.iter().filter_map(Flag::from_row));
     }
-    Ok(rows)
+    Ok(flags)
+}
+
+/// The flags visible on `today` on one number, from every LA: the flags an event on the
+/// number notifies the LAs of.
+pub async fn visible_on(
+    db: &impl ConnectionTrait,
+    nhs_number: &NhsNumber,
+    today: NaiveDate,
+) -> Result<Vec<Flag>> {
+    let live = live_on(db, std::slice::from_ref(nhs_number)).await?;
+    Ok(visible(&live, today).cloned().collect())
 }
 
 async fn own(db: &impl ConnectionTrait, la: &str, key: &FlagKey) -> Result<Option<flag::Model>> {
@@ -256,59 +260,26 @@ pub async fn history_of(
         .await?)
 }
 
-/// A notifying read: the flags on `nhs_number` and, in the same transaction, one ACCESS
-/// notification per flag visible at `access.accessed_at`'s lookup (`as_of`), deduplicated by
-/// (lookup, flag). Returns every live flag on the number and what was stored.
+/// A notifying read: the flags on `nhs_number` visible at `as_of` and, in the same
+/// transaction, one ACCESS notification per flag for the lookup `access`, deduplicated by
+/// (lookup, flag). Returns those flags and what was stored.
 pub async fn read_and_notify(
     db: &DatabaseConnection,
-    nhs_number: &str,
+    nhs_number: &NhsNumber,
     as_of: DateTime<Utc>,
-    access: &crate::requests::Access,
-) -> Result<(Vec<crate::flag::Flag>, super::outbox::Appended)> {
-    use super::outbox::{self, NewNotification};
-    use cpis_proto::gateway::NotificationKind;
-    let today = platform::domain::england_date(as_of);
+    access: &Access,
+) -> Result<(Vec<Flag>, Appended)> {
+    let today = england_date(as_of);
     // Nearly every child has no visible flag: answer those without taking the write lock. A
     // flag committed after this read is one the lookup came too early to see, in the answer
     // and the notifications alike.
-    let first_look = live_on(db, &[nhs_number.to_owned()]).await?;
-    let any_visible = first_look
-        .iter()
-        .filter_map(crate::flag::Flag::from_row)
-        .any(|f| f.dates.is_visible(today));
-    if !any_visible {
-        let flags = first_look
-            .iter()
-            .filter_map(crate::flag::Flag::from_row)
-            .collect();
-        return Ok((flags, super::outbox::Appended::default()));
+    let first_look = visible_on(db, nhs_number, today).await?;
+    if first_look.is_empty() {
+        return Ok((first_look, Appended::default()));
     }
     let txn = begin_write(db).await?;
-    let flags: Vec<crate::flag::Flag> = live_on(&txn, &[nhs_number.to_owned()])
-        .await?
-        .iter()
-        .filter_map(crate::flag::Flag::from_row)
-        .collect();
-    let notes = flags
-        .iter()
-        .filter(|f| f.dates.is_visible(today))
-        .map(|f| NewNotification {
-            la_ods_code: f.la_ods_code.clone(),
-            kind: NotificationKind::Access,
-            nhs_number: f.nhs_number.clone(),
-            flag_type: f.dates.flag_type,
-            flag_start: f.dates.start,
-            accessed_at: access.accessed_at,
-            user_id: access.user_id.clone(),
-            role_code: access.role_code.clone(),
-            ods_code: access.site_ods_code.clone(),
-            organisation_name: access.organisation_name.clone(),
-            setting_type: access.setting_type,
-            lookup_id: Some(access.lookup_id.clone()),
-            superseded_by: String::new(),
-        })
-        .collect();
-    let appended = outbox::append(&txn, notes).await?;
+    let flags = visible_on(&txn, nhs_number, today).await?;
+    let appended = outbox::append(&txn, &flags, &Event::access(access)).await?;
     txn.commit().await?;
     Ok((flags, appended))
 }

@@ -5,9 +5,10 @@
 use super::{ROWS_PER_STATEMENT, begin_write};
 use crate::entities::{notification, outbox};
 use crate::error::{RegistryError, Result};
+use crate::flag::{Access, Administrator, Flag};
 use chrono::{DateTime, NaiveDate, Utc};
 use cpis_proto::gateway::{self, NotificationKind};
-use platform::domain::{FlagType, SettingType, to_timestamp};
+use platform::domain::{FlagType, NhsNumber, SettingType, to_timestamp};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::{NotSet, Set},
@@ -16,15 +17,13 @@ use sea_orm::{
 };
 use std::collections::{BTreeMap, HashSet};
 
-/// A notification to store, before it has a cursor.
+/// What happened to a child, by whom, when and from where: what every notification of one
+/// event shares. The event notifies each LA holding a visible flag on the child, one
+/// notification per flag.
 #[derive(Clone, Debug)]
-pub struct NewNotification {
-    pub la_ods_code: String,
+pub struct Event {
     pub kind: NotificationKind,
-    pub nhs_number: String,
-    pub flag_type: FlagType,
-    pub flag_start: NaiveDate,
-    pub accessed_at: DateTime<Utc>,
+    pub at: DateTime<Utc>,
     pub user_id: String,
     pub role_code: String,
     pub ods_code: String,
@@ -35,6 +34,46 @@ pub struct NewNotification {
     pub superseded_by: String,
 }
 
+impl Event {
+    /// A lookup of the child.
+    pub fn access(access: &Access) -> Event {
+        Event {
+            kind: NotificationKind::Access,
+            at: access.accessed_at,
+            user_id: access.user_id.clone(),
+            role_code: access.role_code.clone(),
+            ods_code: access.site_ods_code.clone(),
+            organisation_name: access.organisation_name.clone(),
+            setting_type: access.setting_type,
+            lookup_id: Some(access.lookup_id.clone()),
+            superseded_by: String::new(),
+        }
+    }
+
+    /// An administrator's change to the child's number (restricted, or inactive and perhaps
+    /// superseded).
+    pub fn administration(
+        kind: NotificationKind,
+        by: &Administrator,
+        superseded_by: Option<&NhsNumber>,
+        at: DateTime<Utc>,
+    ) -> Event {
+        Event {
+            kind,
+            at,
+            user_id: by.user_id.clone(),
+            role_code: by.role_code.clone(),
+            ods_code: by.ods_code.clone(),
+            organisation_name: by.organisation_name.clone(),
+            setting_type: None,
+            lookup_id: None,
+            superseded_by: superseded_by
+                .map(|n| n.as_str().to_owned())
+                .unwrap_or_default(),
+        }
+    }
+}
+
 /// What an append stored: how many notifications, and each LA's new last cursor (for waking
 /// watchers once the transaction has committed).
 #[derive(Clone, Debug, Default)]
@@ -43,22 +82,21 @@ pub struct Appended {
     pub heads: Vec<(String, u64)>,
 }
 
-type DedupKey = (String, String, String, NaiveDate);
-
-/// Stores `notes` inside `txn`, skipping ACCESS notifications already stored for the same
-/// (lookup, flag). LAs are locked in ODS code order, so concurrent appends never deadlock.
-pub async fn append(txn: &DatabaseTransaction, notes: Vec<NewNotification>) -> Result<Appended> {
-    let mut by_la: BTreeMap<String, Vec<NewNotification>> = BTreeMap::new();
-    for note in notes {
+/// Stores inside `txn` one notification of `event` per flag, for the flag's LA, skipping an
+/// ACCESS notification already stored for the same (lookup, flag). LAs are locked in ODS code
+/// order, so concurrent appends never deadlock.
+pub async fn append(txn: &DatabaseTransaction, flags: &[Flag], event: &Event) -> Result<Appended> {
+    let mut by_la: BTreeMap<&str, Vec<&Flag>> = BTreeMap::new();
+    for flag in flags {
         by_la
-            .entry(note.la_ods_code.clone())
+            .entry(flag.la_ods_code.as_str())
             .or_default()
-            .push(note);
+            .push(flag);
     }
     let mut appended = Appended::default();
-    for (la, notes) in by_la {
-        let last = lock_head(txn, &la).await?;
-        let fresh = without_repeats(txn, &la, notes).await?;
+    for (la, flags) in by_la {
+        let last = lock_head(txn, la).await?;
+        let fresh = without_repeats(txn, la, event, flags).await?;
         if fresh.is_empty() {
             continue;
         }
@@ -66,7 +104,7 @@ pub async fn append(txn: &DatabaseTransaction, notes: Vec<NewNotification>) -> R
         let rows: Vec<notification::ActiveModel> = fresh
             .into_iter()
             .zip(last + 1..)
-            .map(|(n, cursor)| row(n, cursor))
+            .map(|(flag, cursor)| row(flag, event, cursor))
             .collect();
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
             notification::Entity::insert_many(chunk.to_vec())
@@ -75,11 +113,11 @@ pub async fn append(txn: &DatabaseTransaction, notes: Vec<NewNotification>) -> R
         }
         outbox::Entity::update_many()
             .col_expr(outbox::Column::LastCursor, Expr::value(last + count))
-            .filter(outbox::Column::LaOdsCode.eq(la.as_str()))
+            .filter(outbox::Column::LaOdsCode.eq(la))
             .exec(txn)
             .await?;
         appended.stored += count as u32;
-        appended.heads.push((la, (last + count) as u64));
+        appended.heads.push((la.to_owned(), (last + count) as u64));
     }
     Ok(appended)
 }
@@ -111,64 +149,58 @@ async fn lock_head(txn: &DatabaseTransaction, la: &str) -> Result<i64> {
         .ok_or_else(|| RegistryError::Corrupt(format!("outbox head of {la} vanished")))
 }
 
-async fn without_repeats(
+/// The flags of `flags` the event has not yet notified `la` about: only a lookup is
+/// idempotent (by lookup and flag), so any other event notifies every flag.
+async fn without_repeats<'f>(
     txn: &DatabaseTransaction,
     la: &str,
-    notes: Vec<NewNotification>,
-) -> Result<Vec<NewNotification>> {
-    let lookups: Vec<String> = notes
-        .iter()
-        .filter_map(|n| n.lookup_id.clone())
-        .collect::<HashSet<_>>()
+    event: &Event,
+    flags: Vec<&'f Flag>,
+) -> Result<Vec<&'f Flag>> {
+    let Some(lookup) = &event.lookup_id else {
+        return Ok(flags);
+    };
+    let mut seen: HashSet<(String, String, NaiveDate)> = notification::Entity::find()
+        .filter(notification::Column::LaOdsCode.eq(la))
+        .filter(notification::Column::LookupId.eq(lookup.as_str()))
+        .all(txn)
+        .await?
         .into_iter()
+        .map(|n| (n.nhs_number, n.flag_type, n.flag_start_date))
         .collect();
-    let mut seen: HashSet<DedupKey> = HashSet::new();
-    for chunk in lookups.chunks(ROWS_PER_STATEMENT) {
-        let stored = notification::Entity::find()
-            .filter(notification::Column::LaOdsCode.eq(la))
-            .filter(notification::Column::LookupId.is_in(chunk.iter().cloned()))
-            .all(txn)
-            .await?;
-        seen.extend(
-            stored
-                .into_iter()
-                .filter_map(|n| Some((n.lookup_id?, n.nhs_number, n.flag_type, n.flag_start_date))),
-        );
-    }
-    Ok(notes
+    Ok(flags
         .into_iter()
-        .filter(|n| match &n.lookup_id {
-            None => true,
-            Some(lookup) => seen.insert((
-                lookup.clone(),
-                n.nhs_number.clone(),
-                n.flag_type.as_str().to_owned(),
-                n.flag_start,
-            )),
+        .filter(|f| {
+            seen.insert((
+                f.nhs_number.as_str().to_owned(),
+                f.dates.flag_type.as_str().to_owned(),
+                f.dates.start,
+            ))
         })
         .collect())
 }
 
-fn row(n: NewNotification, cursor: i64) -> notification::ActiveModel {
+/// The one place a notification is built: `event`, told to the LA holding `flag`.
+fn row(flag: &Flag, event: &Event, cursor: i64) -> notification::ActiveModel {
     notification::ActiveModel {
         id: NotSet,
-        la_ods_code: Set(n.la_ods_code),
+        la_ods_code: Set(flag.la_ods_code.clone()),
         cursor: Set(cursor),
-        kind: Set(kind_name(n.kind).to_owned()),
-        nhs_number: Set(n.nhs_number),
-        flag_type: Set(n.flag_type.as_str().to_owned()),
-        flag_start_date: Set(n.flag_start),
-        accessed_at: Set(n.accessed_at),
-        user_id: Set(n.user_id),
-        role_code: Set(n.role_code),
-        ods_code: Set(n.ods_code),
-        organisation_name: Set(n.organisation_name),
-        setting_type: Set(n
+        kind: Set(kind_name(event.kind).to_owned()),
+        nhs_number: Set(flag.nhs_number.as_str().to_owned()),
+        flag_type: Set(flag.dates.flag_type.as_str().to_owned()),
+        flag_start_date: Set(flag.dates.start),
+        accessed_at: Set(event.at),
+        user_id: Set(event.user_id.clone()),
+        role_code: Set(event.role_code.clone()),
+        ods_code: Set(event.ods_code.clone()),
+        organisation_name: Set(event.organisation_name.clone()),
+        setting_type: Set(event
             .setting_type
             .map(|s| s.as_str().to_owned())
             .unwrap_or_default()),
-        lookup_id: Set(n.lookup_id),
-        superseded_by: Set(n.superseded_by),
+        lookup_id: Set(event.lookup_id.clone()),
+        superseded_by: Set(event.superseded_by.clone()),
     }
 }
 

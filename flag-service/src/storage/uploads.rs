@@ -1,11 +1,12 @@
 //! Uploads: records staged per attempt as they arrive, then applied whole in one transaction,
 //! with the report stored so a resend of the same upload gets it back unchanged.
 
-use super::flags::{Change, FlagKey, FlagState, upsert_on_identity};
+use super::flags::{Change, FlagState, upsert_on_identity};
 use super::restrictions::restricted_among;
 use super::{NUMBERS_PER_QUERY, ROWS_PER_STATEMENT, begin_write, hold_restrictions_still};
 use crate::entities::{flag, flag_history, upload, upload_staging};
 use crate::error::{RegistryError, Result};
+use crate::flag::{FlagKey, Identity, key_of};
 use crate::rules::{RecordProblem, ValidRecord, judge_record};
 use chrono::{DateTime, Utc};
 use cpis_proto::gateway::{
@@ -18,7 +19,7 @@ use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
     EntityTrait, QueryFilter, QueryOrder,
 };
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// Stages one message's records in one multi-row INSERT (one round trip).
 pub async fn stage(
@@ -111,12 +112,40 @@ pub async fn completed(
     Ok(Some((row.fingerprint, report)))
 }
 
-/// Applies the staged attempt in one transaction: restrictions checked inside it, flags
-/// upserted in upload order, history written, the report stored, the staging deleted.
+/// Applies the staged attempt in one transaction: the upload id claimed, then what the plan
+/// needs loaded (restrictions read inside the transaction), the plan made, and its flags,
+/// history and report written, the staging deleted.
 pub async fn apply(db: &DatabaseConnection, up: &Upload, now: DateTime<Utc>) -> Result<Applied> {
     let txn = begin_write(db).await?;
     hold_restrictions_still(&txn).await?;
-    // Claim the upload id first: a concurrent twin waits here, then finds it taken.
+    if !claim(&txn, up, now).await? {
+        let earlier = completed(&txn, &up.la_ods_code, &up.upload_id).await?;
+        discard(&txn, &up.attempt).await?;
+        txn.commit().await?;
+        return match earlier {
+            Some((fingerprint, report)) if fingerprint == up.fingerprint => {
+                Ok(Applied::Repeat { report })
+            }
+            _ => Err(RegistryError::UploadIdReused),
+        };
+    }
+    let judged = Judged::new(staged(&txn, &up.attempt).await?);
+    let numbers = judged.numbers();
+    let restricted = restricted_among(&txn, &numbers).await?;
+    let current = existing(&txn, &up.la_ods_code, &numbers).await?;
+    let plan = plan(up, judged, &restricted, current);
+    write(&txn, up, now, &plan).await?;
+    discard(&txn, &up.attempt).await?;
+    txn.commit().await?;
+    Ok(Applied::Fresh {
+        report: plan.report,
+        changed: plan.changed,
+    })
+}
+
+/// Claims (LA, upload_id) for this upload, first: a concurrent twin waits here, then finds
+/// it taken. `false` when it was taken already.
+async fn claim(txn: &DatabaseTransaction, up: &Upload, now: DateTime<Utc>) -> Result<bool> {
     let claimed = upload::Entity::insert(upload::ActiveModel {
         la_ods_code: Set(up.la_ods_code.clone()),
         upload_id: Set(up.upload_id.clone()),
@@ -129,43 +158,79 @@ pub async fn apply(db: &DatabaseConnection, up: &Upload, now: DateTime<Utc>) -> 
         created_at: Set(now),
     })
     .on_conflict_do_nothing_on([upload::Column::LaOdsCode, upload::Column::UploadId])
-    .exec_without_returning(&txn)
+    .exec_without_returning(txn)
     .await?;
-    if !matches!(claimed, sea_orm::TryInsertResult::Inserted(n) if n > 0) {
-        let earlier = completed(&txn, &up.la_ods_code, &up.upload_id).await?;
-        discard(&txn, &up.attempt).await?;
-        txn.commit().await?;
-        return match earlier {
-            Some((fingerprint, report)) if fingerprint == up.fingerprint => {
-                Ok(Applied::Repeat { report })
-            }
-            _ => Err(RegistryError::UploadIdReused),
-        };
+    Ok(matches!(claimed, sea_orm::TryInsertResult::Inserted(n) if n > 0))
+}
+
+/// The staged records in upload order, each judged on its own (the rules needing no
+/// database).
+#[derive(Clone, Debug)]
+pub struct Judged(Vec<(FlagRecord, Result<ValidRecord, RecordProblem>)>);
+
+impl Judged {
+    pub fn new(records: Vec<FlagRecord>) -> Judged {
+        Judged(
+            records
+                .into_iter()
+                .map(|record| {
+                    let judgement = judge_record(&record);
+                    (record, judgement)
+                })
+                .collect(),
+        )
     }
 
-    let records = staged(&txn, &up.attempt).await?;
-    let judged: Vec<Result<ValidRecord, RecordProblem>> =
-        records.iter().map(judge_record).collect();
-    let numbers: Vec<String> = judged
-        .iter()
-        .filter_map(|j| j.as_ref().ok())
-        .map(|v| v.nhs_number.as_str().to_owned())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let restricted = restricted_among(&txn, &numbers).await?;
-    let mut current = existing(&txn, &up.la_ods_code, &numbers).await?;
+    /// The numbers of the records that passed, once each and sorted: those whose restrictions
+    /// and flags the plan needs.
+    pub fn numbers(&self) -> Vec<NhsNumber> {
+        self.0
+            .iter()
+            .filter_map(|(_, judgement)| judgement.as_ref().ok())
+            .map(|valid| valid.nhs_number)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    }
+}
 
-    let change = Change {
-        la: &up.la_ods_code,
-        actor: &up.actor,
-        source: &format!("upload:{}", up.upload_id),
-        at: now,
-    };
-    let mut results = Vec::with_capacity(records.len());
+/// A flag's change, for its history row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Historic {
+    pub key: FlagKey,
+    pub change: &'static str,
+    pub before: Option<FlagState>,
+    pub after: FlagState,
+}
+
+/// What applying an upload writes, decided without I/O.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// The report: each record's code, in upload order.
+    pub report: UploadFlagsResponse,
+    /// The flags to upsert, in their final state, sorted by identity so that concurrent
+    /// uploads lock rows in one order.
+    pub upserts: Vec<(FlagKey, FlagState)>,
+    /// One entry per record that changed a flag, in upload order.
+    pub history: Vec<Historic>,
+    /// The numbers whose flags changed, sorted, once each: the cache entries to invalidate.
+    pub changed: Vec<NhsNumber>,
+}
+
+/// Decides an upload: a record refused by its own rules keeps its code; a record on a
+/// `restricted` number is SENSITIVE_RECORD; any other is accepted and, where it differs from
+/// the LA's flag as it stands (`current`, as loaded, then as earlier records of this upload
+/// left it), creates or updates that flag.
+pub fn plan(
+    up: &Upload,
+    judged: Judged,
+    restricted: &HashSet<String>,
+    mut current: HashMap<Identity, FlagState>,
+) -> Plan {
+    let mut results = Vec::with_capacity(judged.0.len());
     let mut history = Vec::new();
     let mut dirty = BTreeSet::new();
-    for (index, (record, judgement)) in records.iter().zip(judged).enumerate() {
+    for (index, (record, judgement)) in judged.0.into_iter().enumerate() {
         let judgement = judgement.and_then(|valid| {
             if restricted.contains(valid.nhs_number.as_str()) {
                 Err(RecordProblem::sensitive())
@@ -174,13 +239,9 @@ pub async fn apply(db: &DatabaseConnection, up: &Upload, now: DateTime<Utc>) -> 
             }
         });
         let (nhs_number, code, message) = match judgement {
-            Err(problem) => (record.nhs_number.clone(), problem.code, problem.message),
+            Err(problem) => (record.nhs_number, problem.code, problem.message),
             Ok(valid) => {
-                let key = FlagKey {
-                    nhs_number: valid.nhs_number.as_str().to_owned(),
-                    flag_type: valid.dates.flag_type,
-                    start: valid.dates.start,
-                };
+                let id: Identity = (valid.nhs_number, valid.dates.flag_type, valid.dates.start);
                 let after = FlagState {
                     la_name: up.la_name.clone(),
                     end: valid.dates.end,
@@ -190,18 +251,26 @@ pub async fn apply(db: &DatabaseConnection, up: &Upload, now: DateTime<Utc>) -> 
                     email: valid.email,
                     deleted: false,
                 };
-                let before = current.get(&key);
+                let before = current.get(&id);
                 if before != Some(&after) {
-                    let kind = if before.is_none() {
-                        "created"
-                    } else {
-                        "updated"
-                    };
-                    history.push(change.history(&key, kind, before, &after));
-                    current.insert(key.clone(), after);
-                    dirty.insert(key.clone());
+                    history.push(Historic {
+                        key: key_of(id),
+                        change: if before.is_none() {
+                            "created"
+                        } else {
+                            "updated"
+                        },
+                        before: before.cloned(),
+                        after: after.clone(),
+                    });
+                    current.insert(id, after);
+                    dirty.insert(id);
                 }
-                (key.nhs_number, RecordCode::Accepted, String::new())
+                (
+                    valid.nhs_number.as_str().to_owned(),
+                    RecordCode::Accepted,
+                    String::new(),
+                )
             }
         };
         results.push(RecordResult {
@@ -211,25 +280,59 @@ pub async fn apply(db: &DatabaseConnection, up: &Upload, now: DateTime<Utc>) -> 
             message,
         });
     }
-
-    // Sorted by identity, so concurrent uploads lock rows in one order.
-    let rows: Vec<flag::ActiveModel> = dirty
+    let upserts = dirty
         .iter()
-        .filter_map(|key| current.get(key).map(|state| change.row(key, state)))
+        .filter_map(|id| current.remove(id).map(|state| (key_of(*id), state)))
+        .collect();
+    let changed = dirty
+        .iter()
+        .map(|(n, _, _)| *n)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    Plan {
+        report: report(&up.upload_id, results),
+        upserts,
+        history,
+        changed,
+    }
+}
+
+/// Writes a plan inside the upload's transaction: flags, history, then the stored report.
+async fn write(
+    txn: &DatabaseTransaction,
+    up: &Upload,
+    now: DateTime<Utc>,
+    plan: &Plan,
+) -> Result<()> {
+    let change = Change {
+        la: &up.la_ods_code,
+        actor: &up.actor,
+        source: &format!("upload:{}", up.upload_id),
+        at: now,
+    };
+    let rows: Vec<flag::ActiveModel> = plan
+        .upserts
+        .iter()
+        .map(|(key, state)| change.row(key, state))
         .collect();
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         flag::Entity::insert_many(chunk.to_vec())
             .on_conflict(upsert_on_identity())
-            .exec_without_returning(&txn)
+            .exec_without_returning(txn)
             .await?;
     }
+    let history: Vec<flag_history::ActiveModel> = plan
+        .history
+        .iter()
+        .map(|h| change.history(&h.key, h.change, h.before.as_ref(), &h.after))
+        .collect();
     for chunk in history.chunks(ROWS_PER_STATEMENT) {
         flag_history::Entity::insert_many(chunk.to_vec())
-            .exec_without_returning(&txn)
+            .exec_without_returning(txn)
             .await?;
     }
-
-    let report = report(&up.upload_id, results);
+    let report = &plan.report;
     upload::Entity::update_many()
         .col_expr(
             upload::Column::Status,
@@ -246,19 +349,9 @@ pub async fn apply(db: &DatabaseConnection, up: &Upload, now: DateTime<Utc>) -> 
         .col_expr(upload::Column::Report, Expr::value(report.encode_to_vec()))
         .filter(upload::Column::LaOdsCode.eq(up.la_ods_code.as_str()))
         .filter(upload::Column::UploadId.eq(up.upload_id.as_str()))
-        .exec(&txn)
+        .exec(txn)
         .await?;
-    discard(&txn, &up.attempt).await?;
-    txn.commit().await?;
-
-    let changed = dirty
-        .iter()
-        .map(|k| k.nhs_number.as_str())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .filter_map(|n| NhsNumber::parse(n).ok())
-        .collect();
-    Ok(Applied::Fresh { report, changed })
+    Ok(())
 }
 
 async fn staged(txn: &DatabaseTransaction, attempt: &str) -> Result<Vec<FlagRecord>> {
@@ -279,25 +372,24 @@ async fn staged(txn: &DatabaseTransaction, attempt: &str) -> Result<Vec<FlagReco
 async fn existing(
     txn: &DatabaseTransaction,
     la: &str,
-    numbers: &[String],
-) -> Result<HashMap<FlagKey, FlagState>> {
+    numbers: &[NhsNumber],
+) -> Result<HashMap<Identity, FlagState>> {
     let mut found = HashMap::new();
     for chunk in numbers.chunks(NUMBERS_PER_QUERY) {
         let rows = flag::Entity::find()
             .filter(flag::Column::LaOdsCode.eq(la))
-            .filter(flag::Column::NhsNumber.is_in(chunk.iter().cloned()))
+            .filter(flag::Column::NhsNumber.is_in(chunk.iter().map(|n| n.as_str())))
             .all(txn)
             .await?;
         for row in rows {
-            let Some(flag_type) = FlagType::parse(&row.flag_type) else {
+            // A type or number this service never writes cannot match an uploaded record.
+            let (Some(flag_type), Ok(nhs_number)) = (
+                FlagType::parse(&row.flag_type),
+                NhsNumber::parse(&row.nhs_number),
+            ) else {
                 continue;
             };
-            let key = FlagKey {
-                nhs_number: row.nhs_number.clone(),
-                flag_type,
-                start: row.start_date,
-            };
-            found.insert(key, FlagState::of(&row));
+            found.insert((nhs_number, flag_type, row.start_date), FlagState::of(&row));
         }
     }
     Ok(found)
@@ -343,4 +435,191 @@ pub fn accepted_numbers(report: &UploadFlagsResponse) -> Vec<NhsNumber> {
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use platform::domain::parse_date;
+
+    const CHILD: &str = "9434765919";
+    const SIBLING: &str = "4857773457";
+
+    fn n(s: &str) -> NhsNumber {
+        NhsNumber::parse(s).unwrap()
+    }
+
+    fn up() -> Upload {
+        Upload {
+            la_ods_code: "706".into(),
+            la_name: "Example Council".into(),
+            actor: "u1".into(),
+            upload_id: "u".into(),
+            fingerprint: String::new(),
+            attempt: "a".into(),
+        }
+    }
+
+    fn cpp(nhs_number: &str, start: &str, end: &str) -> FlagRecord {
+        FlagRecord {
+            nhs_number: nhs_number.into(),
+            flag_type: FlagType::Cpp.into(),
+            start_date: start.into(),
+            end_date: end.into(),
+            due_date: String::new(),
+            emergency_phone: "0161 234 5678".into(),
+            office_hours_phone: String::new(),
+            email: String::new(),
+        }
+    }
+
+    fn id(nhs_number: &str, start: &str) -> Identity {
+        (n(nhs_number), FlagType::Cpp, parse_date(start).unwrap())
+    }
+
+    fn state(end: &str) -> FlagState {
+        FlagState {
+            la_name: "Example Council".into(),
+            end: (!end.is_empty()).then(|| parse_date(end).unwrap()),
+            due: None,
+            emergency_phone: "0161 234 5678".into(),
+            office_hours_phone: String::new(),
+            email: String::new(),
+            deleted: false,
+        }
+    }
+
+    fn codes(plan: &Plan) -> Vec<RecordCode> {
+        plan.report.results.iter().map(|r| r.code()).collect()
+    }
+
+    fn plan_of(
+        records: Vec<FlagRecord>,
+        restricted: &[&str],
+        current: HashMap<Identity, FlagState>,
+    ) -> Plan {
+        let restricted = restricted.iter().map(|s| s.to_string()).collect();
+        plan(&up(), Judged::new(records), &restricted, current)
+    }
+
+    #[test]
+    fn the_numbers_loaded_are_those_of_records_that_passed_once_each() {
+        let judged = Judged::new(vec![
+            cpp(SIBLING, "2025-01-01", ""),
+            cpp("943 476 5919", "2025-01-01", ""),
+            cpp(CHILD, "2025-02-01", ""),
+            cpp("123", "2025-01-01", ""),
+        ]);
+        assert_eq!(judged.numbers(), [n(SIBLING), n(CHILD)]);
+    }
+
+    #[test]
+    fn a_new_flag_is_created_and_an_unchanged_one_is_left_alone() {
+        let current = HashMap::from([(id(SIBLING, "2025-01-01"), state(""))]);
+        let plan = plan_of(
+            vec![cpp(CHILD, "2025-01-01", ""), cpp(SIBLING, "2025-01-01", "")],
+            &[],
+            current,
+        );
+        assert_eq!(codes(&plan), [RecordCode::Accepted, RecordCode::Accepted]);
+        assert_eq!(plan.report.status(), UploadStatus::Success);
+        assert_eq!(
+            plan.history,
+            [Historic {
+                key: key_of(id(CHILD, "2025-01-01")),
+                change: "created",
+                before: None,
+                after: state(""),
+            }]
+        );
+        assert_eq!(plan.upserts, [(key_of(id(CHILD, "2025-01-01")), state(""))]);
+        assert_eq!(plan.changed, [n(CHILD)]);
+    }
+
+    #[test]
+    fn records_with_one_identity_update_it_in_upload_order() {
+        let current = HashMap::from([(id(CHILD, "2025-01-01"), state(""))]);
+        let plan = plan_of(
+            vec![
+                cpp(CHILD, "2025-01-01", "2025-06-01"),
+                cpp(CHILD, "2025-01-01", "2025-07-01"),
+            ],
+            &[],
+            current,
+        );
+        let changes: Vec<_> = plan
+            .history
+            .iter()
+            .map(|h| (h.change, h.before.clone(), h.after.clone()))
+            .collect();
+        assert_eq!(
+            changes,
+            [
+                ("updated", Some(state("")), state("2025-06-01")),
+                ("updated", Some(state("2025-06-01")), state("2025-07-01")),
+            ]
+        );
+        assert_eq!(
+            plan.upserts,
+            [(key_of(id(CHILD, "2025-01-01")), state("2025-07-01"))],
+            "one row, in its last state"
+        );
+    }
+
+    #[test]
+    fn refused_records_keep_their_code_and_write_nothing() {
+        let plan = plan_of(
+            vec![
+                cpp(CHILD, "2025-01-01", ""),
+                cpp("123", "2025-01-01", ""),
+                cpp(SIBLING, "2025-01-01", ""),
+            ],
+            &[SIBLING],
+            HashMap::new(),
+        );
+        assert_eq!(
+            codes(&plan),
+            [
+                RecordCode::Accepted,
+                RecordCode::InvalidNhsNumber,
+                RecordCode::SensitiveRecord
+            ]
+        );
+        let numbers: Vec<_> = plan.report.results.iter().map(|r| &r.nhs_number).collect();
+        assert_eq!(numbers, [CHILD, "123", SIBLING], "as sent when refused");
+        assert_eq!((plan.report.accepted, plan.report.rejected), (1, 2));
+        assert_eq!(plan.report.status(), UploadStatus::Partial);
+        assert_eq!(plan.changed, [n(CHILD)]);
+        let failed = plan_of(vec![cpp("123", "2025-01-01", "")], &[], HashMap::new());
+        assert_eq!(failed.report.status(), UploadStatus::Failed);
+        assert!(failed.upserts.is_empty() && failed.history.is_empty());
+    }
+
+    #[test]
+    fn upserts_are_in_identity_order_whatever_the_upload_order() {
+        let plan = plan_of(
+            vec![
+                cpp(CHILD, "2025-02-01", ""),
+                cpp(SIBLING, "2025-01-01", ""),
+                cpp(CHILD, "2025-01-01", ""),
+            ],
+            &[],
+            HashMap::new(),
+        );
+        let order: Vec<Identity> = plan
+            .upserts
+            .iter()
+            .map(|(k, _)| (k.nhs_number, k.flag_type, k.start))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                id(SIBLING, "2025-01-01"),
+                id(CHILD, "2025-01-01"),
+                id(CHILD, "2025-02-01")
+            ]
+        );
+        assert_eq!(plan.changed, [n(SIBLING), n(CHILD)]);
+    }
 }
