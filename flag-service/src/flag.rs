@@ -15,19 +15,6 @@ use platform::domain::{
 /// shares.
 pub use platform::requests::FlagKey;
 
-/// A [`FlagKey`] as a map key, in the order an upload locks rows in (number, type, start):
-/// platform's `FlagKey` derives neither `Hash` nor `Ord`.
-pub type Identity = (NhsNumber, FlagType, NaiveDate);
-
-/// The key an [`Identity`] stands for.
-pub fn key_of((nhs_number, flag_type, start): Identity) -> FlagKey {
-    FlagKey {
-        nhs_number,
-        flag_type,
-        start,
-    }
-}
-
 /// Who looked a child up, for the ACCESS notifications of a notifying read.
 #[derive(Clone, Debug)]
 pub struct Access {

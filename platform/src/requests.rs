@@ -95,8 +95,9 @@ pub fn lookup_child(r: &pb::LookupChildRequest) -> Result<Lookup> {
     v.check(lookup)
 }
 
-/// A flag as EndFlag and DeleteFlag name it: the child, the type and the start date.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A flag as EndFlag and DeleteFlag name it: the child, the type and the start date. Ordered
+/// by those, in that order (the order an upload locks rows in).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlagKey {
     pub nhs_number: NhsNumber,
     pub flag_type: FlagType,

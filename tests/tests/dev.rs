@@ -156,7 +156,9 @@ fn listening_ports() -> Vec<u16> {
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
         .filter_map(|l| {
             let l = l.to_string_lossy().into_owned();
-            l.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_owned)
+            l.strip_prefix("socket:[")?
+                .strip_suffix(']')
+                .map(str::to_owned)
         })
         .collect();
     let mut ports = Vec::new();

@@ -6,7 +6,7 @@ use super::restrictions::restricted_among;
 use super::{NUMBERS_PER_QUERY, ROWS_PER_STATEMENT, begin_write, hold_restrictions_still};
 use crate::entities::{flag, flag_history, upload, upload_staging};
 use crate::error::{RegistryError, Result};
-use crate::flag::{FlagKey, Identity, key_of};
+use crate::flag::FlagKey;
 use crate::rules::{RecordProblem, ValidRecord, judge_record};
 use chrono::{DateTime, Utc};
 use cpis_proto::gateway::{
@@ -225,7 +225,7 @@ pub fn plan(
     up: &Upload,
     judged: Judged,
     restricted: &HashSet<String>,
-    mut current: HashMap<Identity, FlagState>,
+    mut current: HashMap<FlagKey, FlagState>,
 ) -> Plan {
     let mut results = Vec::with_capacity(judged.0.len());
     let mut history = Vec::new();
@@ -241,7 +241,11 @@ pub fn plan(
         let (nhs_number, code, message) = match judgement {
             Err(problem) => (record.nhs_number, problem.code, problem.message),
             Ok(valid) => {
-                let id: Identity = (valid.nhs_number, valid.dates.flag_type, valid.dates.start);
+                let id = FlagKey {
+                    nhs_number: valid.nhs_number,
+                    flag_type: valid.dates.flag_type,
+                    start: valid.dates.start,
+                };
                 let after = FlagState {
                     la_name: up.la_name.clone(),
                     end: valid.dates.end,
@@ -254,7 +258,7 @@ pub fn plan(
                 let before = current.get(&id);
                 if before != Some(&after) {
                     history.push(Historic {
-                        key: key_of(id),
+                        key: id,
                         change: if before.is_none() {
                             "created"
                         } else {
@@ -282,11 +286,11 @@ pub fn plan(
     }
     let upserts = dirty
         .iter()
-        .filter_map(|id| current.remove(id).map(|state| (key_of(*id), state)))
+        .filter_map(|id| current.remove(id).map(|state| (*id, state)))
         .collect();
     let changed = dirty
         .iter()
-        .map(|(n, _, _)| *n)
+        .map(|key| key.nhs_number)
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -373,7 +377,7 @@ async fn existing(
     txn: &DatabaseTransaction,
     la: &str,
     numbers: &[NhsNumber],
-) -> Result<HashMap<Identity, FlagState>> {
+) -> Result<HashMap<FlagKey, FlagState>> {
     let mut found = HashMap::new();
     for chunk in numbers.chunks(NUMBERS_PER_QUERY) {
         let rows = flag::Entity::find()
@@ -389,7 +393,12 @@ async fn existing(
             ) else {
                 continue;
             };
-            found.insert((nhs_number, flag_type, row.start_date), FlagState::of(&row));
+            let key = FlagKey {
+                nhs_number,
+                flag_type,
+                start: row.start_date,
+            };
+            found.insert(key, FlagState::of(&row));
         }
     }
     Ok(found)
@@ -474,8 +483,12 @@ mod tests {
         }
     }
 
-    fn id(nhs_number: &str, start: &str) -> Identity {
-        (n(nhs_number), FlagType::Cpp, parse_date(start).unwrap())
+    fn id(nhs_number: &str, start: &str) -> FlagKey {
+        FlagKey {
+            nhs_number: n(nhs_number),
+            flag_type: FlagType::Cpp,
+            start: parse_date(start).unwrap(),
+        }
     }
 
     fn state(end: &str) -> FlagState {
@@ -497,7 +510,7 @@ mod tests {
     fn plan_of(
         records: Vec<FlagRecord>,
         restricted: &[&str],
-        current: HashMap<Identity, FlagState>,
+        current: HashMap<FlagKey, FlagState>,
     ) -> Plan {
         let restricted = restricted.iter().map(|s| s.to_string()).collect();
         plan(&up(), Judged::new(records), &restricted, current)
@@ -527,13 +540,13 @@ mod tests {
         assert_eq!(
             plan.history,
             [Historic {
-                key: key_of(id(CHILD, "2025-01-01")),
+                key: id(CHILD, "2025-01-01"),
                 change: "created",
                 before: None,
                 after: state(""),
             }]
         );
-        assert_eq!(plan.upserts, [(key_of(id(CHILD, "2025-01-01")), state(""))]);
+        assert_eq!(plan.upserts, [(id(CHILD, "2025-01-01"), state(""))]);
         assert_eq!(plan.changed, [n(CHILD)]);
     }
 
@@ -562,7 +575,7 @@ mod tests {
         );
         assert_eq!(
             plan.upserts,
-            [(key_of(id(CHILD, "2025-01-01")), state("2025-07-01"))],
+            [(id(CHILD, "2025-01-01"), state("2025-07-01"))],
             "one row, in its last state"
         );
     }
@@ -607,11 +620,7 @@ mod tests {
             &[],
             HashMap::new(),
         );
-        let order: Vec<Identity> = plan
-            .upserts
-            .iter()
-            .map(|(k, _)| (k.nhs_number, k.flag_type, k.start))
-            .collect();
+        let order: Vec<FlagKey> = plan.upserts.iter().map(|(k, _)| *k).collect();
         assert_eq!(
             order,
             [
