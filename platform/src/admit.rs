@@ -42,10 +42,6 @@ pub struct Admission<S> {
     admit: Option<Admit>,
 }
 
-fn always_admitted(path: &str) -> bool {
-    path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")
-}
-
 impl<S, ReqBody> Service<http::Request<ReqBody>> for Admission<S>
 where
     S: Service<http::Request<ReqBody>, Response = http::Response<tonic::body::Body>>
@@ -67,7 +63,7 @@ where
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
         if let Some(admit) = &self.admit
-            && !always_admitted(request.uri().path())
+            && !crate::server::is_probe(request.uri().path())
         {
             let (parts, body) = request.into_parts();
             let (mut parts, body) = (parts, body);
@@ -79,10 +75,7 @@ where
             }
             request = http::Request::from_parts(parts, body);
         }
-        // The inner service was made ready by poll_ready; keep that instance for this call.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(inner.call(request))
+        Box::pin(crate::server::take_ready(&mut self.inner).call(request))
     }
 }
 

@@ -82,10 +82,6 @@ pub struct Limited<S> {
     pace: Pace,
 }
 
-fn exempt(path: &str) -> bool {
-    path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")
-}
-
 impl<S, B> Service<http::Request<B>> for Limited<S>
 where
     S: Service<http::Request<tonic::body::Body>>,
@@ -105,7 +101,7 @@ where
         let limits = self
             .limits
             .as_ref()
-            .filter(|_| !exempt(path))
+            .filter(|_| !crate::server::is_probe(path))
             .map(|limits| limits(path));
         let pace = self.pace;
         self.inner

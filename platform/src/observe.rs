@@ -35,7 +35,7 @@ fn split(path: &str) -> (&str, &str) {
 /// Health probes and reflection are measured but not traced: a probe every few seconds
 /// would bury the traces that matter.
 fn traced(path: &str) -> bool {
-    !(path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection."))
+    !crate::server::is_probe(path)
 }
 
 /// OpenTelemetry's rule for server spans: only codes that mean the server failed are errors.
@@ -280,8 +280,7 @@ where
     S::Error: Send + 'static,
 {
     // The instance poll_ready made ready serves this call.
-    let clone = ready.clone();
-    let mut inner = std::mem::replace(ready, clone);
+    let mut inner = crate::server::take_ready(ready);
     let span = outcome.span.clone();
     let future = span.in_scope(|| inner.call(request));
     Box::pin(

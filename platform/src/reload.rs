@@ -66,10 +66,10 @@ where
             match load() {
                 Ok(value) => {
                     tx.send_replace(Arc::new(value));
-                    tracing::info!(what, files = %names(&paths), "reloaded");
+                    tracing::info!(files = %names(&paths), "{what} reloaded");
                 }
                 Err(e) => {
-                    tracing::warn!(what, files = %names(&paths), error = %e, "reload failed; keeping the previous one")
+                    tracing::warn!(files = %names(&paths), error = %e, "{what} reload failed; keeping the previous one")
                 }
             }
         }

@@ -40,6 +40,19 @@ pub struct ServeConfig {
 /// Largest header block a call may send: tokens and trace context fit many times over.
 pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
+/// Health checks and reflection: always admitted, never shed, limited or traced, so probes
+/// and tooling keep seeing the truth under load.
+pub fn is_probe(path: &str) -> bool {
+    path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")
+}
+
+/// The instance of a tower service that `poll_ready` made ready, leaving a fresh clone in its
+/// place for the next call (a clone is not ready until polled itself).
+pub(crate) fn take_ready<S: Clone>(ready: &mut S) -> S {
+    let clone = ready.clone();
+    std::mem::replace(ready, clone)
+}
+
 /// Largest message a server accepts: a full upload batch of 5,000 records fits with room.
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 

@@ -48,9 +48,7 @@ pub struct Shed<S> {
 }
 
 fn exempt(path: &str) -> bool {
-    path.starts_with("/grpc.health.")
-        || path.starts_with("/grpc.reflection.")
-        || path.ends_with("/WatchNotifications")
+    crate::server::is_probe(path) || path.ends_with("/WatchNotifications")
 }
 
 /// A permit, counted in `cpis_calls_in_flight` while it is held.
@@ -131,9 +129,7 @@ where
                 }
             }
         };
-        // The inner service was made ready by poll_ready; keep that instance for this call.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = crate::server::take_ready(&mut self.inner);
         Box::pin(async move {
             let response = inner.call(request).await?;
             Ok(response.map(|body| {
