@@ -86,6 +86,7 @@ pub async fn start(args: &DevArgs, shutdown: Shutdown) -> Result<DevSystem> {
         token_audience: devkeys::AUDIENCE.into(),
         max_watches: gateway::DEFAULT_MAX_WATCHES,
         max_watches_per_organisation: gateway::DEFAULT_MAX_WATCHES_PER_ORGANISATION,
+        watch_recheck_seconds: gateway::DEFAULT_WATCH_RECHECK_SECONDS,
     };
     let pairs = gateway::InProcessBackends {
         flag: flag_pair.0,

@@ -42,9 +42,12 @@ struct Claims {
     exp: u64,
 }
 
-/// The user a call's token named, verified at admission.
+/// The user a call's token named, verified at admission, and when the token expires.
 #[derive(Clone, Debug)]
-pub struct Admitted(pub Principal);
+pub struct Admitted {
+    pub principal: Principal,
+    pub expires_at: u64,
+}
 
 fn missing_token() -> Error {
     Error::Unauthenticated("a bearer token is required (authorization: Bearer <token>)".into())
@@ -161,7 +164,7 @@ impl Authenticator {
     }
 
     /// The principal of a call carrying `authorization: Bearer <token>`.
-    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Principal> {
+    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<(Principal, u64)> {
         self.authenticate_headers(metadata.as_ref())
     }
 
@@ -174,8 +177,11 @@ impl Authenticator {
         let auth = self.clone();
         Arc::new(move |headers, extensions| {
             if headers.contains_key("authorization") {
-                let principal = auth.authenticate_headers(headers)?;
-                extensions.insert(Admitted(principal));
+                let (principal, expires_at) = auth.authenticate_headers(headers)?;
+                extensions.insert(Admitted {
+                    principal,
+                    expires_at,
+                });
                 return Ok(());
             }
             let has_certificate = extensions
@@ -189,7 +195,7 @@ impl Authenticator {
         })
     }
 
-    fn authenticate_headers(&self, headers: &http::HeaderMap) -> Result<Principal> {
+    fn authenticate_headers(&self, headers: &http::HeaderMap) -> Result<(Principal, u64)> {
         let header = headers.get("authorization").ok_or_else(missing_token)?;
         let value = header
             .to_str()
@@ -202,10 +208,16 @@ impl Authenticator {
             .ok_or_else(|| {
                 Error::Unauthenticated("the authorization header must be `Bearer <token>`".into())
             })?;
-        self.verify(token)
+        self.verify_until(token)
     }
 
     pub fn verify(&self, token: &str) -> Result<Principal> {
+        self.verify_until(token).map(|(principal, _)| principal)
+    }
+
+    /// The token's principal and its expiry (`exp`, seconds since the epoch): a long stream
+    /// opened with it ends then.
+    pub fn verify_until(&self, token: &str) -> Result<(Principal, u64)> {
         let now = jsonwebtoken::get_current_timestamp();
         let keys = Arc::clone(&self.inner.keys.borrow());
         if let Some(hit) = self
@@ -217,7 +229,7 @@ impl Authenticator {
             && hit.exp > now
             && hit.generation == keys.generation
         {
-            return Ok(hit.principal);
+            return Ok((hit.principal, hit.exp));
         }
         let (principal, exp) = self.verify_uncached(token, &keys)?;
         if let Ok(mut cache) = self.inner.cache.write() {
@@ -234,7 +246,7 @@ impl Authenticator {
             };
             cache.insert(token.to_owned(), verified);
         }
-        Ok(principal)
+        Ok((principal, exp))
     }
 
     fn verify_uncached(&self, token: &str, keys: &KeySet) -> Result<(Principal, u64)> {

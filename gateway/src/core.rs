@@ -32,6 +32,8 @@ pub struct Intent {
     pub request_id: String,
     pub fingerprint: Vec<u8>,
     pub upload_id: String,
+    /// A long stream's periodic re-check of its opening decision (audited only if it denies).
+    pub recheck: bool,
 }
 
 impl Intent {
@@ -80,16 +82,39 @@ impl Core {
         metadata: &MetadataMap,
         extensions: &http::Extensions,
     ) -> Result<Principal> {
+        self.authenticate_until(metadata, extensions)
+            .await
+            .map(|(principal, _)| principal)
+    }
+
+    /// [`Core::authenticate`], with when the credential stops being valid: a user's token
+    /// expires (`exp`, seconds since the epoch); a system's certificate is re-checked by each
+    /// decision instead.
+    pub async fn authenticate_until(
+        &self,
+        metadata: &MetadataMap,
+        extensions: &http::Extensions,
+    ) -> Result<(Principal, Option<u64>)> {
         self.readiness.check()?;
-        if let Some(crate::auth::Admitted(principal)) = extensions.get() {
-            return Ok(principal.clone());
+        if let Some(crate::auth::Admitted {
+            principal,
+            expires_at,
+        }) = extensions.get()
+        {
+            return Ok((principal.clone(), Some(*expires_at)));
         }
         if metadata.get("authorization").is_some() {
-            return self.auth.authenticate(metadata);
+            return self
+                .auth
+                .authenticate(metadata)
+                .map(|(p, exp)| (p, Some(exp)));
         }
         let peer = extensions.get::<PeerInfo>().cloned().unwrap_or_default();
         let Some(san) = peer.client_sans.first() else {
-            return self.auth.authenticate(metadata);
+            return self
+                .auth
+                .authenticate(metadata)
+                .map(|(p, exp)| (p, Some(exp)));
         };
         let deadline = Deadline::after(std::time::Duration::from_secs(5));
         let resolved = self
@@ -108,14 +133,15 @@ impl Core {
                 ),
                 other => other,
             })?;
-        Ok(Principal {
+        let principal = Principal {
             user_id: String::new(),
             system_san: resolved.san,
             ods_code: resolved.ods_code,
             role_code: String::new(),
             activities: resolved.activities,
             organisation_name: resolved.organisation_name,
-        })
+        };
+        Ok((principal, None))
     }
 
     /// One decision by access-service. Unreachable → `UNAVAILABLE`, never a guess (fail closed).
@@ -139,6 +165,7 @@ impl Core {
             request_fingerprint: intent.fingerprint,
             trace_id: trace_id(metadata),
             upload_id: intent.upload_id,
+            recheck: intent.recheck,
         };
         let decision = self
             .backends
@@ -147,16 +174,23 @@ impl Core {
                 c.decide(r).await
             })
             .await?;
-        if !decision.allowed {
-            let reason = DenyReason::parse(&decision.reason).unwrap_or(DenyReason::MissingActivity);
-            return Err(Error::denied(reason));
-        }
+        let decision = verdict(decision)?;
         let mut principal = principal;
         principal.organisation_name = decision.organisation_name.clone();
         Ok(Allowed {
             principal,
             decision,
         })
+    }
+}
+
+/// A decision as the caller sees it: a denial is `PERMISSION_DENIED` with its reason.
+fn verdict(decision: Decision) -> Result<Decision> {
+    if decision.allowed {
+        Ok(decision)
+    } else {
+        let reason = DenyReason::parse(&decision.reason).unwrap_or(DenyReason::MissingActivity);
+        Err(Error::denied(reason))
     }
 }
 

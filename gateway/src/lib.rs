@@ -49,6 +49,7 @@ pub const SERVICES: [&str; 4] = [
 
 pub const DEFAULT_MAX_WATCHES: usize = 1024;
 pub const DEFAULT_MAX_WATCHES_PER_ORGANISATION: usize = 8;
+pub const DEFAULT_WATCH_RECHECK_SECONDS: u64 = 30;
 
 #[derive(Args, Debug, Clone)]
 pub struct GatewayArgs {
@@ -91,6 +92,11 @@ pub struct GatewayArgs {
     /// capacity: they never take the permits unary calls need.
     #[arg(long, env = "CPIS_MAX_WATCHES", default_value_t = DEFAULT_MAX_WATCHES)]
     pub max_watches: usize,
+
+    /// Seconds between the re-checks of an open watch: an organisation offboarded or a system
+    /// removed ends its watches within this.
+    #[arg(long, env = "CPIS_WATCH_RECHECK_SECONDS", default_value_t = DEFAULT_WATCH_RECHECK_SECONDS)]
+    pub watch_recheck_seconds: u64,
 
     /// WatchNotifications streams open at once for one organisation (ODS code).
     #[arg(
@@ -194,7 +200,11 @@ async fn serve(
         auth,
         readiness: readiness.clone(),
         shutdown: shutdown.clone(),
-        watches: streams::WatchLimits::new(args.max_watches, args.max_watches_per_organisation),
+        watches: streams::WatchLimits::new(
+            args.max_watches,
+            args.max_watches_per_organisation,
+            std::time::Duration::from_secs(args.watch_recheck_seconds.max(1)),
+        ),
     });
     tokio::spawn(obligations::reconcile(core.clone(), RECONCILE_EVERY));
     let admit = core.auth.admission();

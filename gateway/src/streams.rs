@@ -62,11 +62,31 @@ impl tokio_stream::Stream for UploadBody {
     }
 }
 
+/// How long one re-check of a watch may take before the watch ends with its error.
+const RECHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Resolves when a token with expiry `exp` (seconds since the epoch) expires; never for a
+/// credential without one (a system's certificate, re-checked by each decision).
+async fn token_expiry(exp: Option<u64>) {
+    match exp {
+        Some(exp) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
+            tokio::time::sleep(Duration::from_secs(exp.saturating_sub(now))).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// The ErrorInfo reason of a watch refused for want of capacity.
 pub const TOO_MANY_WATCHES: &str = "TOO_MANY_WATCHES";
 
 /// How many watches may be open through this gateway: in all, and per organisation.
 pub struct WatchLimits {
+    /// How often an open watch is decided again.
+    pub recheck_every: Duration,
     total: Arc<tokio::sync::Semaphore>,
     per_organisation: usize,
     open: Arc<Mutex<HashMap<String, usize>>>,
@@ -96,8 +116,9 @@ impl Drop for WatchSlot {
 }
 
 impl WatchLimits {
-    pub fn new(total: usize, per_organisation: usize) -> Self {
+    pub fn new(total: usize, per_organisation: usize, recheck_every: Duration) -> Self {
         WatchLimits {
+            recheck_every,
             total: Arc::new(tokio::sync::Semaphore::new(total)),
             per_organisation,
             open: Arc::new(Mutex::new(HashMap::new())),
@@ -234,12 +255,12 @@ impl Core {
     }
 
     pub async fn watch_notifications(
-        &self,
+        self: &Arc<Self>,
         request: Request<pb::WatchNotificationsRequest>,
     ) -> Result<BoxStream<pb::Notification>> {
         let (metadata, extensions, message) = request.into_parts();
         let deadline = Deadline::from_metadata(&metadata);
-        let principal = self.authenticate(&metadata, &extensions).await?;
+        let (principal, expires_at) = self.authenticate_until(&metadata, &extensions).await?;
         requests::watch_notifications(&message)?;
         // Before the decision: a watch refused for capacity is neither decided nor audited,
         // so an attack on the limit cannot grow the audit log either.
@@ -262,19 +283,46 @@ impl Core {
             .map_err(|s| flag.error(s))?
             .into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let shutdown = self.shutdown.clone();
+        let core = self.clone();
+        let principal = allowed.principal;
         tokio::spawn(async move {
             // Held for the relay's life: the slot and the registry's stream go together.
             let _slot = slot;
             let mut upstream = upstream;
+            let expiry = token_expiry(expires_at);
+            tokio::pin!(expiry);
+            let every = core.watches.recheck_every;
+            let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             loop {
                 let item = tokio::select! {
                     item = upstream.next() => item,
                     // The caller cancelled or went away: end now, not at the next notification.
                     _ = tx.closed() => return,
-                    _ = shutdown.wait() => {
+                    _ = core.shutdown.wait() => {
                         let _ = tx.send(Err(Status::unavailable("the gateway is shutting down; resume from your last cursor"))).await;
                         return;
+                    }
+                    _ = &mut expiry => {
+                        let expired = Error::Unauthenticated(
+                            "the token expired: sign in again and resume from your last cursor".into(),
+                        );
+                        let _ = tx.send(Err(Status::from(expired))).await;
+                        return;
+                    }
+                    _ = recheck.tick() => {
+                        // Decided again, as at its start: an organisation offboarded, a role
+                        // or a system removed ends the watch (that denial is audited; an
+                        // allowing re-check is not).
+                        let mut intent = Intent::new("WatchNotifications");
+                        intent.recheck = true;
+                        let deadline = Deadline::after(RECHECK_TIMEOUT);
+                        match core.decide(principal.clone(), intent, &metadata, &deadline).await {
+                            Ok(_) => continue,
+                            Err(e) => {
+                                let _ = tx.send(Err(Status::from(e))).await;
+                                return;
+                            }
+                        }
                     }
                 };
                 match item {

@@ -242,12 +242,24 @@ impl System {
     }
 
     pub fn token(&self, user: &str, org: &str, role: &str, activities: &[&str]) -> String {
+        self.token_for(user, org, role, activities, Duration::from_secs(3600))
+    }
+
+    /// A token that expires `ttl` from now.
+    pub fn token_for(
+        &self,
+        user: &str,
+        org: &str,
+        role: &str,
+        activities: &[&str],
+        ttl: Duration,
+    ) -> String {
         let args = cpis_cli::token::TokenArgs {
             user: user.into(),
             org: org.into(),
             role: role.into(),
             activities: activities.iter().map(|a| a.to_string()).collect(),
-            ttl: Duration::from_secs(3600),
+            ttl,
             data_dir: self.dir.path().to_owned(),
         };
         cpis_cli::token::mint(&args).unwrap()

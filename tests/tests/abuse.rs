@@ -481,3 +481,92 @@ async fn one_poisoned_decision_never_fails_the_audit_batch_of_the_others() {
         .into_inner();
     assert!(verified.ok, "{verified:?}");
 }
+
+/// The gateway's audit records of `action` for organisation `ods`, as (outcome, reason).
+async fn audited(a: &Attacked, ods: &str, action: &str) -> Vec<(i32, String)> {
+    let auditor = a
+        .sys
+        .token("caldicott", ADMIN_ORG, "R5105", &["CPIS_AUDIT"]);
+    let request = pb::ListAuditEventsRequest {
+        ods_code: ods.into(),
+        page_size: 1000,
+        ..Default::default()
+    };
+    pb::audit_client::AuditClient::new(a.sys.channel())
+        .list_audit_events(with_token(request, &auditor))
+        .await
+        .unwrap()
+        .into_inner()
+        .events
+        .into_iter()
+        .filter(|e| e.action == action)
+        .map(|e| (e.outcome, e.reason))
+        .collect()
+}
+
+/// Waits (up to 15 s) for `stream` to end with an error, and returns it.
+async fn ended(stream: &mut tonic::Streaming<pb::Notification>) -> Status {
+    let end = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the watch ended without a status"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await;
+    end.expect("the watch was never ended")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_watch_ends_when_its_token_expires_or_its_organisation_is_offboarded() {
+    let a = started(&[("CPIS_WATCH_RECHECK_SECONDS", "1")]).await;
+
+    // A token that expires in 3 s: the watch it opened ends then, UNAUTHENTICATED.
+    let short = a.sys.token_for(
+        "la.worker",
+        LA,
+        "R9000",
+        &["CPIS_LA_MANAGE"],
+        Duration::from_secs(3),
+    );
+    let mut watch = a.watch(&short).await.unwrap();
+    let status = ended(&mut watch).await;
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    a.until("cpis_open_watches", 0.0).await;
+
+    // An organisation offboarded while its watch is open: PERMISSION_DENIED within a re-check.
+    let mut watch = a.watch(&a.other_la).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await; // a few allowing re-checks
+    let admin = a.sys.token("admin", ADMIN_ORG, "R0001", &["CPIS_ADMIN"]);
+    let offboard = pb::UpsertOrganisationRequest {
+        ods_code: OTHER_LA.into(),
+        name: format!("Organisation {OTHER_LA}"),
+        kind: pb::OrganisationKind::LocalAuthority.into(),
+        onboarded: false,
+    };
+    AdministrationClient::new(a.sys.channel())
+        .upsert_organisation(with_token(offboard, &admin))
+        .await
+        .unwrap();
+    let status = ended(&mut watch).await;
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(reason(&status), "ORGANISATION_NOT_ONBOARDED");
+    a.until("cpis_open_watches", 0.0).await;
+
+    // The log holds the watch's opening decision and the denying re-check, and none of the
+    // allowing re-checks between them.
+    let records = audited(&a, OTHER_LA, "WatchNotifications").await;
+    let allowed = records
+        .iter()
+        .filter(|(o, _)| *o == pb::AuditOutcome::Allowed as i32)
+        .count();
+    let denied: Vec<_> = records
+        .iter()
+        .filter(|(o, _)| *o == pb::AuditOutcome::Denied as i32)
+        .collect();
+    assert_eq!(allowed, 1, "{records:?}");
+    assert_eq!(denied.len(), 1, "{records:?}");
+    assert_eq!(denied[0].1, "ORGANISATION_NOT_ONBOARDED");
+}

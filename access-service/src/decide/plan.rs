@@ -215,42 +215,47 @@ impl Batch {
         };
         let organisation_name = organisation.map(|o| o.name.clone()).unwrap_or_default();
 
-        // Every decision is audited, a replay too.
-        let sequence = self.append(AuditContent {
-            recorded_at: self.now,
-            user_id: caller.audit_user_id.clone(),
-            role_code: caller.role_code.clone(),
-            ods_code: caller.rules.ods_code.as_str().to_owned(),
-            site_ods_code: input
-                .lookup
-                .as_ref()
-                .map(|l| l.site.as_str().to_owned())
-                .unwrap_or_default(),
-            nhs_number: input
-                .nhs_number
-                .map(|n| n.as_str().to_owned())
-                .unwrap_or_default(),
-            action: input.action.name().to_owned(),
-            access_kind: input
-                .lookup
-                .as_ref()
-                .map(|l| l.access_kind.as_str().to_owned())
-                .unwrap_or_default(),
-            outcome: if allowed {
-                OUTCOME_ALLOWED
-            } else {
-                OUTCOME_DENIED
-            }
-            .to_owned(),
-            reason: reason.to_owned(),
-            request_id: if input.upload_id.is_empty() {
-                input.request_id.clone()
-            } else {
-                input.upload_id.clone()
-            },
-            trace_id: input.trace_id.clone(),
-            lookup_id: lookup_id.clone(),
-        });
+        // Every decision is audited, a replay too; a stream's re-check only when it denies.
+        let audited = !(input.recheck && allowed);
+        let sequence = if !audited {
+            0
+        } else {
+            self.append(AuditContent {
+                recorded_at: self.now,
+                user_id: caller.audit_user_id.clone(),
+                role_code: caller.role_code.clone(),
+                ods_code: caller.rules.ods_code.as_str().to_owned(),
+                site_ods_code: input
+                    .lookup
+                    .as_ref()
+                    .map(|l| l.site.as_str().to_owned())
+                    .unwrap_or_default(),
+                nhs_number: input
+                    .nhs_number
+                    .map(|n| n.as_str().to_owned())
+                    .unwrap_or_default(),
+                action: input.action.name().to_owned(),
+                access_kind: input
+                    .lookup
+                    .as_ref()
+                    .map(|l| l.access_kind.as_str().to_owned())
+                    .unwrap_or_default(),
+                outcome: if allowed {
+                    OUTCOME_ALLOWED
+                } else {
+                    OUTCOME_DENIED
+                }
+                .to_owned(),
+                reason: reason.to_owned(),
+                request_id: if input.upload_id.is_empty() {
+                    input.request_id.clone()
+                } else {
+                    input.upload_id.clone()
+                },
+                trace_id: input.trace_id.clone(),
+                lookup_id: lookup_id.clone(),
+            })
+        };
 
         let owed = match (notifies, replay, &input.lookup, input.nhs_number) {
             // A replay answers the obligation its first decision owed, while still pending.
@@ -361,6 +366,36 @@ mod tests {
             },
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_watchs_allowing_recheck_is_not_audited_and_a_denying_one_is() {
+        let watch = |activities: &[&str]| {
+            let mut r = request(activities, "", 0);
+            r.action = "WatchNotifications".into();
+            r.nhs_number.clear();
+            r.access_kind = 0;
+            r.setting = None;
+            r.recheck = true;
+            validate(r).unwrap()
+        };
+        let allowed = watch(&["CPIS_LA_MANAGE"]);
+        let denied = watch(&[]);
+        let inputs = [allowed, denied];
+        let mut ids = 0..;
+        // The caller's organisation as a local authority (watches are an LA's).
+        let mut k = known(&inputs);
+        if let Some(e) = k.organisations.get_mut("RQX") {
+            e.standing = Some(OrganisationStanding {
+                kind: OrganisationKind::LocalAuthority,
+                onboarded: true,
+            });
+        }
+        let plan = plan(&inputs, k, 1, || format!("l{}", ids.next().unwrap()));
+        assert!(plan.results[0].as_ref().unwrap().allowed);
+        assert!(!plan.results[1].as_ref().unwrap().allowed);
+        assert_eq!(plan.writes.records.len(), 1, "only the denial is audited");
+        assert_eq!(plan.writes.records[0].outcome, OUTCOME_DENIED);
     }
 
     /// A notifying lookup by a clinician of the onboarded trust RQX.

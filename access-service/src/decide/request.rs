@@ -41,6 +41,8 @@ pub struct DecideInput {
     pub fingerprint: Vec<u8>,
     pub trace_id: String,
     pub upload_id: String,
+    /// A re-check of a stream's opening decision: audited only if it denies.
+    pub recheck: bool,
 }
 
 pub fn validate(request: DecideRequest) -> Result<DecideInput> {
@@ -148,6 +150,9 @@ pub fn validate(request: DecideRequest) -> Result<DecideInput> {
     if !request.upload_id.is_empty() && action.is_some_and(|a| a != Action::UploadFlags) {
         v.add("upload_id", "must be empty except for UploadFlags");
     }
+    if request.recheck && action.is_some_and(|a| a != Action::WatchNotifications) {
+        v.add("recheck", "is only for WatchNotifications");
+    }
     let input = identity.zip(action).map(|(identity, action)| DecideInput {
         identity,
         action,
@@ -157,6 +162,7 @@ pub fn validate(request: DecideRequest) -> Result<DecideInput> {
         fingerprint: request.request_fingerprint,
         trace_id: request.trace_id,
         upload_id: request.upload_id,
+        recheck: request.recheck,
     });
     v.check(input)
 }
