@@ -1,12 +1,15 @@
 //! Live delivery of notifications to watchers. Each commit in this process announces "LA X now
 //! ends at cursor N"; a watcher wakes on its LA's announcements and reads the outbox from its
-//! last cursor. A slow periodic check catches commits made by other replicas. The database
-//! stays the only source: an announcement only says when to look.
+//! last cursor. Commits made by other replicas are found by one poller per process (one query
+//! of every LA's head per second, and only while someone watches), which announces them the
+//! same way: an open watch costs no query of its own while nothing happens. The database stays
+//! the only source: an announcement only says when to look.
 
 use crate::storage::outbox;
 use cpis_proto::gateway::Notification;
 use platform::shutdown::Shutdown;
 use sea_orm::DatabaseConnection;
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -14,7 +17,7 @@ use tonic::Status;
 
 /// Notifications read per database query while catching up.
 const PAGE: u64 = 500;
-/// How often a watcher looks for commits made by other replicas.
+/// How often the process's poller looks for commits made by other replicas.
 const OTHER_REPLICAS_CHECK: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
@@ -31,6 +34,48 @@ impl Default for NotificationFeed {
 }
 
 impl NotificationFeed {
+    /// A feed that also hears other replicas' commits: one poller for the whole process, until
+    /// shutdown.
+    pub fn with_poller(db: DatabaseConnection, shutdown: Shutdown) -> Self {
+        let feed = NotificationFeed::default();
+        tokio::spawn(feed.clone().poll(db, shutdown));
+        feed
+    }
+
+    /// Announces every LA whose head moved since the last look; idle while nobody watches.
+    async fn poll(self, db: DatabaseConnection, shutdown: Shutdown) {
+        let mut seen: HashMap<String, u64> = HashMap::new();
+        let mut first = true;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(OTHER_REPLICAS_CHECK) => {}
+                _ = shutdown.wait() => return,
+            }
+            if self.announcements.receiver_count() == 0 {
+                // Nobody to wake: forget, so the next watcher's first look announces all.
+                seen.clear();
+                first = true;
+                continue;
+            }
+            let heads = match outbox::heads(&db).await {
+                Ok(heads) => heads,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot read the outbox heads");
+                    continue;
+                }
+            };
+            let moved: Vec<(String, u64)> = heads
+                .into_iter()
+                .filter(|(la, head)| first || seen.get(la).is_none_or(|s| head > s))
+                .collect();
+            for (la, head) in &moved {
+                seen.insert(la.clone(), *head);
+            }
+            first = false;
+            self.announce(&moved);
+        }
+    }
+
     /// After a commit: wakes the watchers of these LAs.
     pub fn announce(&self, heads: &[(String, u64)]) {
         for head in heads {
@@ -53,8 +98,6 @@ impl NotificationFeed {
         let mut announcements = self.announcements.subscribe();
         tokio::spawn(async move {
             let mut last = after;
-            let mut check = tokio::time::interval(OTHER_REPLICAS_CHECK);
-            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let batch = tokio::select! {
                     batch = outbox::after(&db, &la, last, PAGE) => batch,
@@ -83,7 +126,6 @@ impl NotificationFeed {
                     tokio::select! {
                         _ = shutdown.wait() => return stopping(&tx).await,
                         _ = tx.closed() => return,
-                        _ = check.tick() => break,
                         announced = announcements.recv() => match announced {
                             Ok((announced_la, head)) if announced_la == la && head > last => break,
                             Ok(_) => {}

@@ -90,11 +90,12 @@ impl BackendService for FlagService {
     }
 
     fn routes(args: &FlagArgs, context: BackendContext) -> platform::Result<Routes> {
+        let feed = NotificationFeed::with_poller(context.db.clone(), context.shutdown.clone());
         Ok(Routes::new(
             cpis_proto::flag::flag_registry_server::FlagRegistryServer::new(Handlers {
                 context,
                 cache: args.cache(),
-                feed: NotificationFeed::default(),
+                feed,
             })
             .max_decoding_message_size(platform::server::MAX_MESSAGE_BYTES),
         ))

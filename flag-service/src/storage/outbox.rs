@@ -251,6 +251,17 @@ pub async fn head(db: &impl ConnectionTrait, la: &str) -> Result<(u64, u64)> {
         .unwrap_or((0, 0)))
 }
 
+/// Every LA's last assigned cursor: one query, for the process's one watch poller.
+pub async fn heads(db: &impl ConnectionTrait) -> Result<Vec<(String, u64)>> {
+    Ok(outbox::Entity::find()
+        .filter(outbox::Column::LastCursor.gt(0))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|h| (h.la_ods_code, h.last_cursor as u64))
+        .collect())
+}
+
 /// Up to `limit` of the LA's notifications with a cursor above `after`, in cursor order.
 pub async fn after(
     db: &impl ConnectionTrait,

@@ -375,3 +375,44 @@ async fn a_watch_ends_with_unavailable_when_the_service_shuts_down() {
         assert_eq!(status.code(), Code::Unavailable, "{}", db.label());
     }
 }
+
+#[tokio::test]
+async fn a_watch_on_one_replica_hears_what_another_replica_commits() {
+    for db in databases("replicas").await {
+        let watched = Registry::start(&db, CacheMode::Off).await;
+        let other = Registry::start(&db, CacheMode::Off).await;
+        let n = numbers(1);
+        upload(
+            &other.client,
+            &la("706"),
+            "u",
+            vec![vec![cpp(&n[0], "2024-01-01")]],
+        )
+        .await
+        .unwrap();
+        let mut stream = watched
+            .client()
+            .watch_notifications(signed(
+                WatchNotificationsRequest {
+                    after_cursor: 0,
+                    from_start: true,
+                },
+                &la("706"),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        // Committed by the other replica: this one hears of it through its poller only.
+        for i in 0..3 {
+            notifying_read(&other.client, &n[0], &format!("elsewhere-{i}"))
+                .await
+                .unwrap();
+            let next = tokio::time::timeout(Duration::from_secs(10), stream.next())
+                .await
+                .expect("another replica's commit reaches the watch within 10 s")
+                .unwrap()
+                .unwrap();
+            assert_eq!(next.cursor, i + 1, "{}", db.label());
+        }
+    }
+}
