@@ -1,5 +1,6 @@
 //! Where calls enter: the `cpis.attendance.v1.AttendanceLog` handlers. Each admits only the
-//! gateway, answers UNAVAILABLE until ready, validates everything, then asks storage.
+//! gateway with a forwarded principal allowed to look a child up, answers UNAVAILABLE until
+//! ready, validates everything, then asks storage.
 
 use crate::attendance::Attendance;
 use crate::storage::Attendances;
@@ -10,7 +11,8 @@ use cpis_proto::attendance::{
     RecordAttendanceRequest, RecordAttendanceResponse, SummarizeAttendancesRequest,
     SummarizeAttendancesResponse,
 };
-use platform::principal::require_gateway_peer;
+use platform::domain::Activity;
+use platform::principal::{from_request, require_activity};
 use platform::runtime::BackendContext;
 use tonic::{Request, Response, Status};
 
@@ -29,15 +31,18 @@ impl Handlers {
         }
     }
 
-    /// The gateway calls on its own behalf (its reconciler too), so no principal is needed:
-    /// only the peer must be the gateway.
-    fn admit<T>(&self, request: &Request<T>) -> platform::Result<()> {
-        require_gateway_peer(request, &self.context.peer_trust)?;
-        self.context.readiness.check()
+    /// Attendances are personal data: only the gateway may call, forwarding the principal the
+    /// lookup was decided for (its reconciler forwards the one stored in the obligation), and
+    /// that principal must hold one of `any_of`. A second line of defence behind the decision.
+    fn admit<T>(&self, request: &Request<T>, any_of: &[Activity]) -> platform::Result<()> {
+        let principal = from_request(request, &self.context.peer_trust)?;
+        self.context.readiness.check()?;
+        require_activity(&principal, any_of)
     }
 
     async fn record(&self, request: Request<RecordAttendanceRequest>) -> platform::Result<bool> {
-        self.admit(&request)?;
+        // Recording is what a notifying lookup does.
+        self.admit(&request, &[Activity::NotifyingLookup])?;
         let attendance = Attendance::from_request(request.get_ref())?;
         let created = self.attendances.record(&attendance, Utc::now()).await?;
         tracing::debug!(created, "attendance recorded");
@@ -48,7 +53,10 @@ impl Handlers {
         &self,
         request: Request<SummarizeAttendancesRequest>,
     ) -> platform::Result<SummarizeAttendancesResponse> {
-        self.admit(&request)?;
+        self.admit(
+            &request,
+            &[Activity::NotifyingLookup, Activity::SilentLookup],
+        )?;
         let wanted = SummaryRequest::from_request(request.get_ref())?;
         let numbers: Vec<_> = wanted.people.iter().map(|(_, n)| *n).collect();
         let summaries = self

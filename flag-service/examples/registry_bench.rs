@@ -72,12 +72,22 @@ async fn start(url: &str, cache: &str) -> (FlagRegistryClient<Channel>, tempfile
     (client, dir)
 }
 
-fn read(nhs: &str) -> GetFlagsRequest {
-    GetFlagsRequest {
+/// A silent read, as the gateway sends it: with a clinician's principal.
+fn read(nhs: &str) -> tonic::Request<GetFlagsRequest> {
+    let mut request = tonic::Request::new(GetFlagsRequest {
         nhs_numbers: vec![nhs.to_owned()],
         as_of: Some(to_timestamp(chrono::Utc::now())),
         notify: None,
-    }
+    });
+    let clinician = cpis_proto::access::Principal {
+        user_id: "bench".into(),
+        ods_code: "RQX".into(),
+        role_code: "R8000".into(),
+        activities: vec!["B0170".into()],
+        ..Default::default()
+    };
+    platform::principal::attach(request.metadata_mut(), &clinician);
+    request
 }
 
 async fn upload_all(client: &FlagRegistryClient<Channel>, children: &[String]) -> Duration {

@@ -20,7 +20,7 @@ use cpis_proto::gateway::{
     MarkNhsNumberInactiveResponse, Notification, Restriction, SetRestrictionRequest,
     UploadFlagsRequest, UploadFlagsResponse, WatchNotificationsRequest,
 };
-use platform::domain::{NhsNumber, OdsCode, england_date, to_timestamp};
+use platform::domain::{Activity, NhsNumber, OdsCode, england_date, to_timestamp};
 use platform::error::{Error, Result};
 use platform::principal;
 use platform::requests::{EndFlag, NotificationsPage, Start, UploadStream};
@@ -72,14 +72,17 @@ impl Handlers {
         Ok((principal, la))
     }
 
-    fn gateway_only<T>(&self, request: &Request<T>) -> Result<()> {
-        principal::require_gateway_peer(request, &self.context.peer_trust)?;
-        self.context.readiness.check()
-    }
-
     async fn read_flags(&self, request: Request<GetFlagsRequest>) -> Result<GetFlagsResponse> {
-        self.gateway_only(&request)?;
+        // Personal data: only for a forwarded principal allowed to look a child up (a notifying
+        // read, only with the notifying lookup activity), in every mode.
+        let principal = self.principal(&request)?;
         let read = requests::flags_read(request.get_ref())?;
+        let allowed: &[Activity] = if read.notify.is_some() {
+            &[Activity::NotifyingLookup]
+        } else {
+            &[Activity::NotifyingLookup, Activity::SilentLookup]
+        };
+        principal::require_activity(&principal, allowed)?;
         let today = england_date(read.as_of);
         if let (Some(access), [number]) = (&read.notify, read.numbers.as_slice()) {
             let (flags, appended) =

@@ -63,7 +63,7 @@ impl Core {
         let allowed = self
             .decide(principal, lookup.intent, metadata, &deadline)
             .await?;
-        let decision = allowed.decision;
+        let (principal, decision) = (allowed.principal, allowed.decision);
         let as_of = decision
             .decided_at
             .ok_or_else(|| Error::internal("decision without an instant"))?;
@@ -81,15 +81,16 @@ impl Core {
             exclude_lookup_id: decision.lookup_id.clone(),
         };
 
-        let flags =
-            self.backends
-                .flag
-                .call(flags_request, None, &deadline, |mut c, r| async move {
-                    c.get_flags(r).await
-                });
+        // The principal the lookup was decided for goes with every read of personal data.
+        let flags = self.backends.flag.call(
+            flags_request,
+            Some(&principal),
+            &deadline,
+            |mut c, r| async move { c.get_flags(r).await },
+        );
         let summary = self.backends.attendance.call(
             summary_request,
-            None,
+            Some(&principal),
             &deadline,
             |mut c, r| async move { c.summarize_attendances(r).await },
         );

@@ -5,9 +5,12 @@
 
 use crate::core::Core;
 use crate::deadline::Deadline;
-use cpis_proto::access::{ClaimObligationsRequest, CompleteObligationRequest, Obligation};
+use cpis_proto::access::{
+    ClaimObligationsRequest, CompleteObligationRequest, Obligation, Principal,
+};
 use cpis_proto::attendance::RecordAttendanceRequest;
 use cpis_proto::flag::{AccessRecord, GetFlagsRequest};
+use platform::domain::Activity;
 use platform::error::Result;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,11 +34,29 @@ pub async fn record_attendance(core: &Core, o: &Obligation, deadline: &Deadline)
     };
     core.backends
         .attendance
-        .call(message, None, deadline, |mut c, r| async move {
-            c.record_attendance(r).await
-        })
+        .call(
+            message,
+            Some(&principal_of(o)),
+            deadline,
+            |mut c, r| async move { c.record_attendance(r).await },
+        )
         .await
         .map(|_| ())
+}
+
+/// The principal a lookup was decided for, as its obligation stores it: forwarded with the
+/// obligation's work (inline or by the reconciler), since the backends give personal data
+/// only to a principal allowed to look a child up. An obligation is owed only by a notifying
+/// lookup, so the activity is the notifying one.
+pub fn principal_of(o: &Obligation) -> Principal {
+    Principal {
+        user_id: o.user_id.clone(),
+        system_san: String::new(),
+        ods_code: o.organisation_ods_code.clone(),
+        role_code: o.role_code.clone(),
+        activities: vec![Activity::NotifyingLookup.code().to_owned()],
+        organisation_name: o.organisation_name.clone(),
+    }
 }
 
 /// Who looked, where and when: what a notifying read of the registry stores with the LA's
@@ -60,9 +81,12 @@ async fn store_notifications(core: &Core, o: &Obligation, deadline: &Deadline) -
     };
     core.backends
         .flag
-        .call(message, None, deadline, |mut c, r| async move {
-            c.get_flags(r).await
-        })
+        .call(
+            message,
+            Some(&principal_of(o)),
+            deadline,
+            |mut c, r| async move { c.get_flags(r).await },
+        )
         .await
         .map(|_| ())
 }

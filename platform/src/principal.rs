@@ -5,6 +5,7 @@
 //! peer whose verified client certificate carries the gateway's SAN; without it, a loopback
 //! peer under `--insecure-internal` (development only).
 
+use crate::domain::{Activity, DenyReason};
 use crate::error::{Error, Result};
 use cpis_proto::access::Principal;
 use prost::Message;
@@ -50,6 +51,20 @@ pub fn require_gateway_peer<T>(request: &Request<T>, trust: &PeerTrust) -> Resul
         Err(Error::Unauthenticated(
             "only the gateway may call this service".into(),
         ))
+    }
+}
+
+/// Defence in depth behind the gateway's decision, for a call that returns personal data: the
+/// forwarded principal must hold one of `any_of`, or the call is `PERMISSION_DENIED`.
+pub fn require_activity(principal: &Principal, any_of: &[Activity]) -> Result<()> {
+    let holds = principal
+        .activities
+        .iter()
+        .any(|a| any_of.iter().any(|w| w.code() == a));
+    if holds {
+        Ok(())
+    } else {
+        Err(Error::denied(DenyReason::MissingActivity))
     }
 }
 

@@ -1,7 +1,7 @@
 //! The AttendanceLog service as the gateway meets it: through the generated tonic client
 //! against the served service, on SQLite and PostgreSQL.
 
-use crate::support::{as_of, child, nhs, serve, stores};
+use crate::support::{as_clinician, as_of, child, clinician, nhs, serve, stores};
 use attendance_service::Handlers;
 use chrono::Duration;
 use cpis_proto::attendance::attendance_log_server::AttendanceLog;
@@ -27,17 +27,8 @@ fn record_request(
         user_id: "user-7".into(),
         role_code: "R8001".into(),
     });
-    // The gateway forwards the verified user; this service needs none but must accept it.
-    platform::principal::attach(
-        request.metadata_mut(),
-        &cpis_proto::access::Principal {
-            user_id: "user-7".into(),
-            ods_code: "RQX".into(),
-            role_code: "R8001".into(),
-            activities: vec!["B0107".into()],
-            ..Default::default()
-        },
-    );
+    // The gateway forwards the principal the lookup was decided for.
+    platform::principal::attach(request.metadata_mut(), &clinician());
     request
 }
 
@@ -89,10 +80,10 @@ async fn record_then_summarize_through_the_served_service() {
         assert_eq!(child().as_str(), "9434765919");
         let unknown = nhs(555_555_555).as_str().to_owned();
         let response = client
-            .summarize_attendances(summary_request(
+            .summarize_attendances(as_clinician(summary_request(
                 vec![spaced.clone(), unknown.clone()],
                 "l-current",
-            ))
+            )))
             .await
             .unwrap()
             .into_inner();
@@ -175,30 +166,33 @@ async fn bad_input_is_invalid_argument_with_field_violations_and_writes_nothing(
 
         let good = child().as_str().to_owned();
         let status = client
-            .summarize_attendances(summary_request(
+            .summarize_attendances(as_clinician(summary_request(
                 vec![good.clone(), good.clone(), good.clone(), "94347659".into()],
                 "",
-            ))
+            )))
             .await
             .unwrap_err();
         assert_eq!(violated_fields(&status), ["nhs_numbers[3]"], "{label}");
         let mut no_clock = summary_request(vec![], "");
         no_clock.as_of = None;
-        let status = client.summarize_attendances(no_clock).await.unwrap_err();
+        let status = client
+            .summarize_attendances(as_clinician(no_clock))
+            .await
+            .unwrap_err();
         assert_eq!(
             violated_fields(&status),
             ["nhs_numbers", "as_of"],
             "{label}"
         );
         let status = client
-            .summarize_attendances(summary_request(vec![good.clone(); 1001], ""))
+            .summarize_attendances(as_clinician(summary_request(vec![good.clone(); 1001], "")))
             .await
             .unwrap_err();
         assert_eq!(violated_fields(&status), ["nhs_numbers"], "{label}");
 
         // Nothing was written by any of the refused calls.
         let response = client
-            .summarize_attendances(summary_request(vec![good], ""))
+            .summarize_attendances(as_clinician(summary_request(vec![good], "")))
             .await
             .unwrap()
             .into_inner();
@@ -234,7 +228,7 @@ async fn calls_from_a_peer_that_is_not_the_gateway_are_refused_and_write_nothing
             .unwrap_err();
         assert_eq!(status.code(), Code::Unauthenticated, "{}", store.db.label());
         let status = handlers
-            .summarize_attendances(Request::new(summary_request(
+            .summarize_attendances(as_clinician(summary_request(
                 vec![child().as_str().into()],
                 "",
             )))

@@ -1,7 +1,7 @@
 //! Retention on SQLite and PostgreSQL: expired attendances go in bounded batches while
 //! writers keep writing, and the served service purges on its own.
 
-use crate::support::{attendance, child, nhs, serve, stores};
+use crate::support::{as_clinician, attendance, child, clinician, nhs, serve, stores};
 use attendance_service::RetentionArgs;
 use attendance_service::entities::attendance as row;
 use attendance_service::retention::purge_expired;
@@ -156,6 +156,7 @@ async fn the_served_service_purges_expired_attendances_in_the_background() {
             role_code: "R8000".into(),
         });
         request.set_timeout(std::time::Duration::from_secs(5));
+        platform::principal::attach(request.metadata_mut(), &clinician());
         assert!(
             client
                 .record_attendance(request)
@@ -169,11 +170,11 @@ async fn the_served_service_purges_expired_attendances_in_the_background() {
         let gone = async {
             loop {
                 let summary = client
-                    .summarize_attendances(SummarizeAttendancesRequest {
+                    .summarize_attendances(as_clinician(SummarizeAttendancesRequest {
                         nhs_numbers: vec![child().as_str().into()],
                         as_of: Some(to_timestamp(Utc::now())),
                         exclude_lookup_id: String::new(),
-                    })
+                    }))
                     .await
                     .unwrap()
                     .into_inner();

@@ -127,3 +127,21 @@ async fn wait_until_serving(channel: Channel) {
         .await
         .expect("SERVING within 30 s");
 }
+
+/// A clinician allowed to make notifying lookups, as the gateway forwards one.
+pub fn clinician() -> cpis_proto::access::Principal {
+    cpis_proto::access::Principal {
+        user_id: "user-7".into(),
+        ods_code: "RQX".into(),
+        role_code: "R8001".into(),
+        activities: vec!["B0107".into()],
+        ..Default::default()
+    }
+}
+
+/// `message` as the gateway sends it, with the clinician's principal.
+pub fn as_clinician<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    platform::principal::attach(request.metadata_mut(), &clinician());
+    request
+}

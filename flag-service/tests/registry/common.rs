@@ -164,6 +164,18 @@ pub fn la(ods: &str) -> Principal {
     }
 }
 
+/// A clinician of a trust allowed to make notifying (and silent) lookups, as the gateway
+/// forwards one with a lookup's reads.
+pub fn clinician() -> Principal {
+    Principal {
+        user_id: "dr-jones".into(),
+        ods_code: "RQX".into(),
+        role_code: "R8000".into(),
+        activities: vec!["B0107".into(), "B0170".into()],
+        ..Default::default()
+    }
+}
+
 pub fn admin() -> Principal {
     Principal {
         user_id: "admin-1".into(),
@@ -239,11 +251,14 @@ pub async fn get_flags(
 ) -> Result<GetFlagsResponse, Status> {
     client
         .clone()
-        .get_flags(Request::new(GetFlagsRequest {
-            nhs_numbers: numbers.to_vec(),
-            as_of: Some(as_of),
-            notify: None,
-        }))
+        .get_flags(signed(
+            GetFlagsRequest {
+                nhs_numbers: numbers.to_vec(),
+                as_of: Some(as_of),
+                notify: None,
+            },
+            &clinician(),
+        ))
         .await
         .map(|r| r.into_inner())
 }
@@ -267,11 +282,14 @@ pub async fn notifying_read(
 ) -> Result<GetFlagsResponse, Status> {
     client
         .clone()
-        .get_flags(Request::new(GetFlagsRequest {
-            nhs_numbers: vec![nhs.into()],
-            as_of: Some(now()),
-            notify: Some(access(lookup_id)),
-        }))
+        .get_flags(signed(
+            GetFlagsRequest {
+                nhs_numbers: vec![nhs.into()],
+                as_of: Some(now()),
+                notify: Some(access(lookup_id)),
+            },
+            &clinician(),
+        ))
         .await
         .map(|r| r.into_inner())
 }

@@ -1,6 +1,7 @@
 //! GetFlags visibility, EndFlag, DeleteFlag, ListFlags.
 
 use crate::common::*;
+use cpis_proto::access::Principal;
 use cpis_proto::flag::GetFlagsRequest;
 use cpis_proto::gateway::{DeleteFlagRequest, EndFlagRequest, FlagType, ListFlagsRequest};
 use tonic::{Code, Request};
@@ -367,20 +368,26 @@ async fn bad_requests_are_invalid_argument_with_field_violations_and_write_nothi
         .unwrap();
         let mut client = registry.client();
         let err = client
-            .get_flags(Request::new(GetFlagsRequest {
-                nhs_numbers: vec![],
-                as_of: None,
-                notify: None,
-            }))
+            .get_flags(signed(
+                GetFlagsRequest {
+                    nhs_numbers: vec![],
+                    as_of: None,
+                    notify: None,
+                },
+                &clinician(),
+            ))
             .await
             .unwrap_err();
         assert_eq!(violations(&err), ["nhs_numbers", "as_of"], "{}", db.label());
         let err = client
-            .get_flags(Request::new(GetFlagsRequest {
-                nhs_numbers: vec!["943 476 5919".into(), "9876544321".into()],
-                as_of: Some(now()),
-                notify: Some(access("")),
-            }))
+            .get_flags(signed(
+                GetFlagsRequest {
+                    nhs_numbers: vec!["943 476 5919".into(), "9876544321".into()],
+                    as_of: Some(now()),
+                    notify: Some(access("")),
+                },
+                &clinician(),
+            ))
             .await
             .unwrap_err();
         assert_eq!(
@@ -439,6 +446,40 @@ async fn calls_needing_a_principal_refuse_one_missing() {
     for db in databases("unauth").await {
         let registry = Registry::start(&db, CacheMode::Off).await;
         let mut client = registry.client();
+        // Reads of personal data need a principal allowed to look a child up.
+        let read = |principal: Option<Principal>| {
+            let message = GetFlagsRequest {
+                nhs_numbers: vec![number()],
+                as_of: Some(now()),
+                notify: None,
+            };
+            match principal {
+                Some(p) => signed(message, &p),
+                None => Request::new(message),
+            }
+        };
+        let err = client.get_flags(read(None)).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{}", db.label());
+        let err = client.get_flags(read(Some(la("706")))).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            Code::PermissionDenied,
+            "an LA worker may not look a child up"
+        );
+        client.get_flags(read(Some(clinician()))).await.unwrap();
+        // A notifying read needs the notifying lookup activity itself.
+        let mut silent_only = clinician();
+        silent_only.activities = vec!["B0170".into()];
+        let notifying = signed(
+            GetFlagsRequest {
+                nhs_numbers: vec![number()],
+                as_of: Some(now()),
+                notify: Some(access("l-silent")),
+            },
+            &silent_only,
+        );
+        let err = client.get_flags(notifying).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
         let err = client
             .end_flag(Request::new(end(&number(), "2024-01-01", "2024-06-01")))
             .await
