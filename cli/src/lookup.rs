@@ -124,6 +124,12 @@ pub fn summary(r: &pb::LookupChildResponse) -> String {
             r.flags.len(),
             if r.flags.len() == 1 { "" } else { "s" }
         );
+        if r.flags_truncated {
+            let _ = writeln!(
+                out,
+                "MORE FLAGS THAN SHOWN: the registry holds more flags than one answer carries;                  every local authority holding one is listed below - phone them for the rest"
+            );
+        }
     } else {
         let _ = writeln!(
             out,
@@ -244,6 +250,7 @@ mod tests {
             }),
             lookup_id: "abc".into(),
             looked_up_at: None,
+            flags_truncated: false,
         };
         let text = summary(&answer);
         assert!(text.contains("943 476 5919: FLAGGED - 2"), "{text}");

@@ -129,6 +129,23 @@ const FLAG: &str = "flag-service";
 const ATTENDANCE: &str = "attendance-service";
 const ACCESS: &str = "access-service";
 
+/// The largest answer a backend may send the gateway: a GetFlags answer for one number holds
+/// at most 10 episodes of each of 3 types from each LA (about 1 MB for all 152), an
+/// attendance summary 25 attendances; both fit many times over.
+const MAX_INTERNAL_ANSWER_BYTES: usize = platform::server::MAX_MESSAGE_BYTES;
+
+fn flag_client(t: Traced) -> FlagRegistryClient<Traced> {
+    FlagRegistryClient::new(t).max_decoding_message_size(MAX_INTERNAL_ANSWER_BYTES)
+}
+
+fn attendance_client(t: Traced) -> AttendanceLogClient<Traced> {
+    AttendanceLogClient::new(t).max_decoding_message_size(MAX_INTERNAL_ANSWER_BYTES)
+}
+
+fn access_client(t: Traced) -> AccessControlClient<Traced> {
+    AccessControlClient::new(t).max_decoding_message_size(MAX_INTERNAL_ANSWER_BYTES)
+}
+
 /// The three backends.
 #[derive(Clone)]
 pub struct Backends {
@@ -271,13 +288,9 @@ impl Backends {
     /// Backends in this process, over in-process pairs (`cpis dev`).
     pub fn in_process(pairs: &crate::InProcessBackends) -> Self {
         Backends {
-            flag: Backend::new(FLAG, pairs.flag.channel(), FlagRegistryClient::new),
-            attendance: Backend::new(
-                ATTENDANCE,
-                pairs.attendance.channel(),
-                AttendanceLogClient::new,
-            ),
-            access: Backend::new(ACCESS, pairs.access.channel(), AccessControlClient::new),
+            flag: Backend::new(FLAG, pairs.flag.channel(), flag_client),
+            attendance: Backend::new(ATTENDANCE, pairs.attendance.channel(), attendance_client),
+            access: Backend::new(ACCESS, pairs.access.channel(), access_client),
         }
     }
 
@@ -289,21 +302,13 @@ impl Backends {
         tls: Option<ClientFiles>,
     ) -> Result<Self> {
         Ok(Backends {
-            flag: Backend::new(
-                FLAG,
-                channel(FLAG, flag_url, tls.clone())?,
-                FlagRegistryClient::new,
-            ),
+            flag: Backend::new(FLAG, channel(FLAG, flag_url, tls.clone())?, flag_client),
             attendance: Backend::new(
                 ATTENDANCE,
                 channel(ATTENDANCE, attendance_url, tls.clone())?,
-                AttendanceLogClient::new,
+                attendance_client,
             ),
-            access: Backend::new(
-                ACCESS,
-                channel(ACCESS, access_url, tls)?,
-                AccessControlClient::new,
-            ),
+            access: Backend::new(ACCESS, channel(ACCESS, access_url, tls)?, access_client),
         })
     }
 }

@@ -10,7 +10,9 @@ use crate::deadline::Deadline;
 use crate::obligations;
 use cpis_proto::attendance::SummarizeAttendancesRequest;
 use cpis_proto::flag::GetFlagsRequest;
-use cpis_proto::gateway::{AttendanceSummary, LookupChildRequest, LookupChildResponse, Setting};
+use cpis_proto::gateway::{
+    AttendanceSummary, Flag, LookupChildRequest, LookupChildResponse, Setting,
+};
 use platform::domain::NhsNumber;
 use platform::error::{Error, Result};
 use platform::requests::LookupSetting;
@@ -48,6 +50,37 @@ fn validate(request: &LookupChildRequest) -> Result<ValidLookup> {
         nhs_number: lookup.nhs_number,
         intent,
     })
+}
+
+/// Flags one answer carries: enough for any child in practice (an LA holds at most 10 episodes
+/// of a type on a number), small enough that an answer always fits a client's 4 MiB.
+const MAX_FLAGS_IN_ANSWER: usize = 50;
+
+/// At most `max` of `flags`, and whether any were left out: active flags first, and at least
+/// one from every owning LA (the first of each LA's, active first), so whoever reads the answer
+/// knows every LA to phone. The registry's order is kept within each group.
+fn at_most(max: usize, flags: Vec<Flag>) -> (Vec<Flag>, bool) {
+    if flags.len() <= max {
+        return (flags, false);
+    }
+    let mut ordered: Vec<(usize, Flag)> = flags.into_iter().enumerate().collect();
+    // Active before ended, then the registry's order.
+    ordered.sort_by_key(|(i, f)| (!f.active, *i));
+    let la = |f: &Flag| {
+        f.local_authority
+            .as_ref()
+            .map(|l| l.ods_code.clone())
+            .unwrap_or_default()
+    };
+    let mut seen = std::collections::HashSet::new();
+    let (firsts, rest): (Vec<_>, Vec<_>) =
+        ordered.into_iter().partition(|(_, f)| seen.insert(la(f)));
+    let mut kept: Vec<(usize, Flag)> = firsts;
+    kept.truncate(max);
+    let room = max - kept.len();
+    kept.extend(rest.into_iter().take(room));
+    kept.sort_by_key(|(i, f)| (!f.active, *i));
+    (kept.into_iter().map(|(_, f)| f).collect(), true)
 }
 
 impl Core {
@@ -135,10 +168,13 @@ impl Core {
             obligations::complete(self, &o.lookup_id, "inline", &deadline).await;
         }
 
+        let flagged = !flag_set.flags.is_empty();
+        let (flags, flags_truncated) = at_most(MAX_FLAGS_IN_ANSWER, flag_set.flags);
         Ok(LookupChildResponse {
             nhs_number: nhs,
-            flagged: !flag_set.flags.is_empty(),
-            flags: flag_set.flags,
+            flagged,
+            flags,
+            flags_truncated,
             attendance: Some(attendance),
             lookup_id: decision.lookup_id,
             looked_up_at: Some(as_of),
@@ -161,6 +197,36 @@ mod tests {
             }),
             request_id: String::new(),
         }
+    }
+
+    fn flag(la: &str, active: bool) -> Flag {
+        Flag {
+            active,
+            local_authority: Some(cpis_proto::gateway::LocalAuthorityContact {
+                ods_code: la.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_answer_holds_at_most_fifty_flags_active_first_and_every_la() {
+        // One LA with 60 ended flags listed first, then two LAs with one active flag each.
+        let mut flags: Vec<Flag> = (0..60).map(|_| flag("706", false)).collect();
+        flags.push(flag("709", true));
+        flags.push(flag("710", true));
+        let (kept, truncated) = at_most(50, flags);
+        assert!(truncated);
+        assert_eq!(kept.len(), 50);
+        assert!(kept[0].active && kept[1].active, "active flags first");
+        let las: std::collections::HashSet<_> = kept
+            .iter()
+            .map(|f| f.local_authority.as_ref().unwrap().ods_code.clone())
+            .collect();
+        assert_eq!(las.len(), 3, "every owning LA is shown");
+        let few = vec![flag("706", true)];
+        assert_eq!(at_most(50, few), (vec![flag("706", true)], false));
     }
 
     #[test]

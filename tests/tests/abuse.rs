@@ -570,3 +570,81 @@ async fn an_open_watch_ends_when_its_token_expires_or_its_organisation_is_offboa
     assert_eq!(denied.len(), 1, "{records:?}");
     assert_eq!(denied[0].1, "ORGANISATION_NOT_ONBOARDED");
 }
+
+/// An open CPP episode starting on `start`, with the LA's duty numbers.
+fn episode(nhs: &str, start: &str) -> pb::FlagRecord {
+    pb::FlagRecord {
+        nhs_number: nhs.into(),
+        flag_type: pb::FlagType::Cpp.into(),
+        start_date: start.into(),
+        emergency_phone: "020 7364 4079".into(),
+        ..Default::default()
+    }
+}
+
+async fn upload(
+    a: &Attacked,
+    token: &str,
+    id: &str,
+    records: Vec<pb::FlagRecord>,
+) -> pb::UploadFlagsResponse {
+    let message = pb::UploadFlagsRequest {
+        upload_id: id.into(),
+        records,
+    };
+    LocalAuthorityClient::new(a.sys.channel())
+        .upload_flags(with_token(tokio_stream::iter(vec![message]), token))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_las_episodes_cannot_stop_a_childs_lookup() {
+    let a = started(&[]).await;
+    let child = NhsNumber::from_first_nine(999_100_001)
+        .or_else(|| NhsNumber::from_first_nine(999_100_002))
+        .unwrap();
+    let nhs = child.as_str();
+    // The LA that protects the child.
+    let mine = upload(
+        &a,
+        &a.other_la,
+        "protects",
+        vec![episode(nhs, "2024-01-01")],
+    )
+    .await;
+    assert_eq!(mine.results[0].code(), pb::RecordCode::Accepted);
+    // Another LA floods the same child with open episodes: ten are taken, the rest refused.
+    let flood: Vec<_> = (0..30)
+        .map(|i| episode(nhs, &format!("2024-{:02}-{:02}", 2 + i / 28, 1 + i % 28)))
+        .collect();
+    let report = upload(&a, &a.la, "flood", flood).await;
+    let codes: Vec<_> = report.results.iter().map(|r| r.code()).collect();
+    assert_eq!(
+        codes
+            .iter()
+            .filter(|c| **c == pb::RecordCode::Accepted)
+            .count(),
+        10
+    );
+    assert_eq!(
+        codes
+            .iter()
+            .filter(|c| **c == pb::RecordCode::TooManyEpisodes)
+            .count(),
+        20
+    );
+    // The lookup still answers, and shows the protecting LA's plan.
+    let answer = a.lookup().await.unwrap();
+    assert!(answer.flagged);
+    assert!(!answer.flags_truncated);
+    assert_eq!(answer.flags.len(), 11);
+    assert!(
+        answer.flags.iter().any(|f| f
+            .local_authority
+            .as_ref()
+            .is_some_and(|l| l.ods_code == OTHER_LA)),
+        "the protecting LA's plan is shown"
+    );
+}

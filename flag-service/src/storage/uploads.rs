@@ -8,7 +8,7 @@ use crate::entities::{flag, flag_history, upload, upload_staging};
 use crate::error::{RegistryError, Result};
 use crate::flag::FlagKey;
 use crate::rules::{RecordProblem, ValidRecord, judge_record};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use cpis_proto::gateway::{
     FlagRecord, RecordCode, RecordResult, UploadFlagsResponse, UploadStatus,
 };
@@ -133,7 +133,8 @@ pub async fn apply(db: &DatabaseConnection, up: &Upload, now: DateTime<Utc>) -> 
     let numbers = judged.numbers();
     let restricted = restricted_among(&txn, &numbers).await?;
     let current = existing(&txn, &up.la_ods_code, &numbers).await?;
-    let plan = plan(up, judged, &restricted, current);
+    let today = platform::domain::england_date(now);
+    let plan = plan(up, judged, &restricted, current, today);
     write(&txn, up, now, &plan).await?;
     discard(&txn, &up.attempt).await?;
     txn.commit().await?;
@@ -217,6 +218,36 @@ pub struct Plan {
     pub changed: Vec<NhsNumber>,
 }
 
+/// Episodes of one flag type one LA may hold on one NHS number that are visible or still to
+/// become visible: beyond it a record is RECORD_CODE_TOO_MANY_EPISODES.
+pub const MAX_EPISODES: usize = 10;
+
+/// Whether a flag is one of its LA's live episodes: not deleted, and not yet hidden by its
+/// dates (visible now, or to become visible).
+fn live(key: &FlagKey, state: &FlagState, today: NaiveDate) -> bool {
+    let dates = crate::rules::FlagDates {
+        flag_type: key.flag_type,
+        start: key.start,
+        end: state.end,
+        due: state.due,
+    };
+    !state.deleted && dates.hidden_from().is_none_or(|hidden| today < hidden)
+}
+
+/// The LA's live episodes per (number, type), kept as the plan changes `current`.
+fn live_episodes(
+    current: &HashMap<FlagKey, FlagState>,
+    today: NaiveDate,
+) -> HashMap<(NhsNumber, FlagType), usize> {
+    let mut counts = HashMap::new();
+    for (key, state) in current {
+        if live(key, state, today) {
+            *counts.entry((key.nhs_number, key.flag_type)).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
 /// Decides an upload: a record refused by its own rules keeps its code; a record on a
 /// `restricted` number is SENSITIVE_RECORD; any other is accepted and, where it differs from
 /// the LA's flag as it stands (`current`, as loaded, then as earlier records of this upload
@@ -226,8 +257,10 @@ pub fn plan(
     judged: Judged,
     restricted: &HashSet<String>,
     mut current: HashMap<FlagKey, FlagState>,
+    today: NaiveDate,
 ) -> Plan {
     let mut results = Vec::with_capacity(judged.0.len());
+    let mut live_counts = live_episodes(&current, today);
     let mut history = Vec::new();
     let mut dirty = BTreeSet::new();
     for (index, (record, judgement)) in judged.0.into_iter().enumerate() {
@@ -256,6 +289,25 @@ pub fn plan(
                     deleted: false,
                 };
                 let before = current.get(&id);
+                let was_live = before.is_some_and(|b| live(&id, b, today));
+                let is_live = live(&id, &after, today);
+                let count = live_counts
+                    .entry((id.nhs_number, id.flag_type))
+                    .or_insert(0);
+                if is_live && !was_live && *count >= MAX_EPISODES {
+                    results.push(RecordResult {
+                        index: index as u32,
+                        nhs_number: valid.nhs_number.as_str().to_owned(),
+                        code: RecordCode::TooManyEpisodes.into(),
+                        message: format!("more than {MAX_EPISODES} episodes of this type"),
+                    });
+                    continue;
+                }
+                match (was_live, is_live) {
+                    (false, true) => *count += 1,
+                    (true, false) => *count -= 1,
+                    _ => {}
+                }
                 if before != Some(&after) {
                     history.push(Historic {
                         key: id,
@@ -513,7 +565,44 @@ mod tests {
         current: HashMap<FlagKey, FlagState>,
     ) -> Plan {
         let restricted = restricted.iter().map(|s| s.to_string()).collect();
-        plan(&up(), Judged::new(records), &restricted, current)
+        plan(
+            &up(),
+            Judged::new(records),
+            &restricted,
+            current,
+            parse_date("2025-06-01").unwrap(),
+        )
+    }
+
+    #[test]
+    fn an_la_holds_at_most_ten_live_episodes_of_a_type_on_a_number() {
+        // One episode long ended (hidden by its dates) and nine live ones already stored.
+        let mut current = HashMap::from([(id(CHILD, "2020-01-01"), state("2020-02-01"))]);
+        for month in 1..=9 {
+            current.insert(id(CHILD, &format!("2024-{month:02}-01")), state(""));
+        }
+        let records = vec![
+            cpp(CHILD, "2025-01-01", ""),   // the tenth live episode
+            cpp(CHILD, "2025-02-01", ""),   // an eleventh: refused
+            cpp(CHILD, "2024-01-01", ""),   // an update of a live one: no new episode
+            cpp(SIBLING, "2025-02-01", ""), // another number has its own ten
+        ];
+        let plan = plan_of(records, &[], current);
+        assert_eq!(
+            codes(&plan),
+            [
+                RecordCode::Accepted,
+                RecordCode::TooManyEpisodes,
+                RecordCode::Accepted,
+                RecordCode::Accepted
+            ]
+        );
+        assert!(
+            plan.upserts
+                .iter()
+                .all(|(k, _)| *k != id(CHILD, "2025-02-01")),
+            "a refused record is not applied"
+        );
     }
 
     #[test]
