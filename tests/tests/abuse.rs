@@ -121,24 +121,32 @@ impl Attacked {
     }
 
     async fn lookup(&self) -> Result<pb::LookupChildResponse, Status> {
-        let nhs = NhsNumber::from_first_nine(999_100_001)
-            .or_else(|| NhsNumber::from_first_nine(999_100_002))
-            .unwrap();
-        let request = pb::LookupChildRequest {
-            nhs_number: nhs.as_str().into(),
-            access_kind: pb::AccessKind::Unscheduled.into(),
-            setting: Some(pb::Setting {
-                ods_code: SITE.into(),
-                setting_type: pb::SettingType::EmergencyDepartment.into(),
-            }),
-            request_id: String::new(),
-        };
-        let mut request = with_token(request, &self.clinician);
+        let mut request = with_token(lookup_request(""), &self.clinician);
         request.set_timeout(Duration::from_secs(10));
         ChildProtectionClient::new(self.sys.channel())
             .lookup_child(request)
             .await
             .map(tonic::Response::into_inner)
+    }
+}
+
+/// The child every lookup of this suite is about.
+fn child() -> NhsNumber {
+    NhsNumber::from_first_nine(999_100_001)
+        .or_else(|| NhsNumber::from_first_nine(999_100_002))
+        .unwrap()
+}
+
+/// A notifying lookup of [`child`] from an emergency department of the trust.
+fn lookup_request(request_id: &str) -> pb::LookupChildRequest {
+    pb::LookupChildRequest {
+        nhs_number: child().as_str().into(),
+        access_kind: pb::AccessKind::Unscheduled.into(),
+        setting: Some(pb::Setting {
+            ods_code: SITE.into(),
+            setting_type: pb::SettingType::EmergencyDepartment.into(),
+        }),
+        request_id: request_id.into(),
     }
 }
 
@@ -340,17 +348,8 @@ async fn a_body_that_never_completes_gives_its_permit_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_over_its_rpcs_limit_is_message_too_large() {
     let a = started(&[]).await;
-    let mut request = pb::LookupChildRequest {
-        nhs_number: "9434765919".into(),
-        access_kind: pb::AccessKind::Unscheduled.into(),
-        setting: Some(pb::Setting {
-            ods_code: SITE.into(),
-            setting_type: pb::SettingType::EmergencyDepartment.into(),
-        }),
-        request_id: String::new(),
-    };
     // A lookup needs well under a kilobyte; this one sends 100 KB.
-    request.request_id = "r".repeat(100 * 1024);
+    let request = lookup_request(&"r".repeat(100 * 1024));
     let refused = ChildProtectionClient::new(a.sys.channel())
         .lookup_child(with_token(request, &a.clinician))
         .await
@@ -370,15 +369,7 @@ async fn a_message_over_its_rpcs_limit_is_message_too_large() {
 async fn poison_input_stops_at_the_edge() {
     let a = started(&[]).await;
     // A NUL in an id of the request: INVALID_ARGUMENT naming it, nothing decided.
-    let mut request = pb::LookupChildRequest {
-        nhs_number: "9434765919".into(),
-        access_kind: pb::AccessKind::Unscheduled.into(),
-        setting: Some(pb::Setting {
-            ods_code: SITE.into(),
-            setting_type: pb::SettingType::EmergencyDepartment.into(),
-        }),
-        request_id: "lookup\0one".into(),
-    };
+    let mut request = lookup_request("lookup\0one");
     let refused = ChildProtectionClient::new(a.sys.channel())
         .lookup_child(with_token(request.clone(), &a.clinician))
         .await
@@ -602,9 +593,7 @@ async fn upload(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_las_episodes_cannot_stop_a_childs_lookup() {
     let a = started(&[]).await;
-    let child = NhsNumber::from_first_nine(999_100_001)
-        .or_else(|| NhsNumber::from_first_nine(999_100_002))
-        .unwrap();
+    let child = child();
     let nhs = child.as_str();
     // The LA that protects the child.
     let mine = upload(
