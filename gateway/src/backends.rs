@@ -30,7 +30,8 @@ use tonic_health::pb::health_client::HealthClient;
 pub type Traced = platform::observe::ClientTelemetry<Channel>;
 
 /// One backend as the gateway calls it: its name (for errors, logs and metrics), its client,
-/// its share of each caller's deadline and its retry policy. Every call to a backend (lookups,
+/// its share of each caller's deadline and its retry budget (one budget shared by the three
+/// backends, as before, so retries stay a fraction of all calls). Every call to a backend (lookups,
 /// streams, obligations, the reconciler) goes through [`Backend::call`] or, for streams,
 /// [`Backend::request`] and [`Backend::error`], so each failure is mapped once.
 #[derive(Clone)]
@@ -43,12 +44,17 @@ pub struct Backend<C> {
 }
 
 impl<C: Clone> Backend<C> {
-    fn new(name: &'static str, channel: Channel, client: impl FnOnce(Traced) -> C) -> Self {
+    fn new(
+        name: &'static str,
+        channel: Channel,
+        client: impl FnOnce(Traced) -> C,
+        retries: &Arc<RetryBudget>,
+    ) -> Self {
         Backend {
             name,
             client: client(Traced::new(channel.clone(), name)),
             channel,
-            retries: Arc::new(RetryBudget::default()),
+            retries: retries.clone(),
         }
     }
 
@@ -287,10 +293,16 @@ fn channel(name: &'static str, url: &str, tls: Option<ClientFiles>) -> Result<Ch
 impl Backends {
     /// Backends in this process, over in-process pairs (`cpis dev`).
     pub fn in_process(pairs: &crate::InProcessBackends) -> Self {
+        let retries = Arc::new(RetryBudget::default());
         Backends {
-            flag: Backend::new(FLAG, pairs.flag.channel(), flag_client),
-            attendance: Backend::new(ATTENDANCE, pairs.attendance.channel(), attendance_client),
-            access: Backend::new(ACCESS, pairs.access.channel(), access_client),
+            flag: Backend::new(FLAG, pairs.flag.channel(), flag_client, &retries),
+            attendance: Backend::new(
+                ATTENDANCE,
+                pairs.attendance.channel(),
+                attendance_client,
+                &retries,
+            ),
+            access: Backend::new(ACCESS, pairs.access.channel(), access_client, &retries),
         }
     }
 
@@ -301,14 +313,26 @@ impl Backends {
         access_url: &str,
         tls: Option<ClientFiles>,
     ) -> Result<Self> {
+        let retries = Arc::new(RetryBudget::default());
         Ok(Backends {
-            flag: Backend::new(FLAG, channel(FLAG, flag_url, tls.clone())?, flag_client),
+            flag: Backend::new(
+                FLAG,
+                channel(FLAG, flag_url, tls.clone())?,
+                flag_client,
+                &retries,
+            ),
             attendance: Backend::new(
                 ATTENDANCE,
                 channel(ATTENDANCE, attendance_url, tls.clone())?,
                 attendance_client,
+                &retries,
             ),
-            access: Backend::new(ACCESS, channel(ACCESS, access_url, tls)?, access_client),
+            access: Backend::new(
+                ACCESS,
+                channel(ACCESS, access_url, tls)?,
+                access_client,
+                &retries,
+            ),
         })
     }
 }
