@@ -152,6 +152,15 @@ pub async fn attendances(url: &str, rows: u64, seed: u64, now: DateTime<Utc>) ->
         db.execute_unprepared("VACUUM ANALYZE attendances").await?;
     } else {
         for statement in rebuild {
+            // A service starting on the same file may have run its own migration meanwhile and
+            // made the index already: the rebuild only needs it to exist.
+            let statement = statement
+                .replacen(
+                    "CREATE UNIQUE INDEX ",
+                    "CREATE UNIQUE INDEX IF NOT EXISTS ",
+                    1,
+                )
+                .replacen("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1);
             db.execute_unprepared(&statement).await?;
         }
         db.execute_unprepared("ANALYZE").await?;
