@@ -214,10 +214,13 @@ pub async fn run(args: AuditArgs) -> CliResult {
 }
 
 fn event_line(e: &pb::AuditEvent) -> String {
-    let outcome = if e.outcome == pb::AuditOutcome::Allowed as i32 {
-        "allowed".to_owned()
-    } else {
-        format!("DENIED {}", e.reason)
+    let outcome = match (pb::AuditOutcome::try_from(e.outcome), &e.delivery) {
+        (Ok(pb::AuditOutcome::Allowed), _) => "allowed".to_owned(),
+        (Ok(pb::AuditOutcome::Delivered), Some(d)) => format!(
+            "delivered {} notification(s), cursors {}..{}",
+            d.count, d.first_cursor, d.last_cursor
+        ),
+        _ => format!("DENIED {}", e.reason),
     };
     let mut line = format!(
         "{:>6} {}  {} {} by {} ({}, role {})",

@@ -129,6 +129,11 @@ pub fn audit_event(e: &pb::AuditEvent) -> Value {
         "trace_id": e.trace_id,
         "lookup_id": e.lookup_id,
         "hash": bytes(&e.hash),
+        "delivery": e.delivery.as_ref().map(|d| json!({
+            "first_cursor": d.first_cursor,
+            "last_cursor": d.last_cursor,
+            "count": d.count,
+        })),
     })
 }
 

@@ -34,6 +34,8 @@ pub struct Intent {
     pub upload_id: String,
     /// A long stream's periodic re-check of its opening decision (audited only if it denies).
     pub recheck: bool,
+    /// With a re-check: what the watch relayed since its last delivery record.
+    pub delivered: Option<cpis_proto::gateway::WatchDelivery>,
 }
 
 impl Intent {
@@ -166,6 +168,7 @@ impl Core {
             trace_id: trace_id(metadata),
             upload_id: intent.upload_id,
             recheck: intent.recheck,
+            delivered: intent.delivered,
         };
         let decision = self
             .backends

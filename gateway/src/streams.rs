@@ -12,7 +12,9 @@
 //! `UNAVAILABLE` so the client resumes from its last cursor elsewhere. A watch ends with its
 //! caller: the relay stops, and drops the registry's stream, as soon as the client cancels or
 //! disconnects. Watches are bounded by limits of their own ([`WatchLimits`]), in all and per
-//! organisation, and never hold a load-shedding permit.
+//! organisation, and never hold a load-shedding permit. What a watch relays is audited: a
+//! record of the cursor span delivered goes with each re-check that follows a delivery, after
+//! every [`DELIVERY_RECORD_EVERY`] notifications, and when the stream ends.
 
 use crate::core::{Core, Intent};
 use crate::deadline::Deadline;
@@ -159,6 +161,158 @@ impl WatchLimits {
     }
 }
 
+/// Notifications relayed after which the watch records them (with a re-check) without waiting
+/// for the re-check interval: a busy watch's audit records stay few per notification.
+pub const DELIVERY_RECORD_EVERY: u64 = 100;
+
+/// What a watch relayed since its last delivery record.
+#[derive(Debug, Default, PartialEq)]
+pub struct Delivered(Option<pb::WatchDelivery>);
+
+impl Delivered {
+    /// One more notification relayed.
+    pub fn note(&mut self, cursor: u64) {
+        match &mut self.0 {
+            None => {
+                self.0 = Some(pb::WatchDelivery {
+                    first_cursor: cursor,
+                    last_cursor: cursor,
+                    count: 1,
+                })
+            }
+            Some(span) => {
+                // A stream relays in cursor order; min and max keep the span true regardless.
+                span.first_cursor = span.first_cursor.min(cursor);
+                span.last_cursor = span.last_cursor.max(cursor);
+                span.count += 1;
+            }
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.0.as_ref().map_or(0, |span| span.count)
+    }
+
+    pub fn take(&mut self) -> Option<pb::WatchDelivery> {
+        self.0.take()
+    }
+
+    /// Puts back a span whose record may not have been written, merged with what came since.
+    pub fn restore(&mut self, span: pb::WatchDelivery) {
+        match &mut self.0 {
+            None => self.0 = Some(span),
+            Some(now) => {
+                now.first_cursor = now.first_cursor.min(span.first_cursor);
+                now.last_cursor = now.last_cursor.max(span.last_cursor);
+                now.count += span.count;
+            }
+        }
+    }
+}
+
+/// One open watch's relay: who it is for, and what it relayed since its last record.
+struct Watch {
+    core: Arc<Core>,
+    principal: cpis_proto::access::Principal,
+    metadata: tonic::metadata::MetadataMap,
+    delivered: Delivered,
+}
+
+impl Watch {
+    /// Relays the registry's stream until it or its caller ends; returns the status to end
+    /// the caller's stream with, if any.
+    async fn relay(
+        &mut self,
+        mut upstream: Streaming<pb::Notification>,
+        tx: &tokio::sync::mpsc::Sender<std::result::Result<pb::Notification, Status>>,
+        expires_at: Option<u64>,
+        flag: &crate::backends::Backend<
+            cpis_proto::flag::flag_registry_client::FlagRegistryClient<crate::backends::Traced>,
+        >,
+    ) -> Option<Status> {
+        let expiry = token_expiry(expires_at);
+        tokio::pin!(expiry);
+        let every = self.core.watches.recheck_every;
+        let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            let item = tokio::select! {
+                item = upstream.next() => item,
+                // The caller cancelled or went away: end now, not at the next notification.
+                _ = tx.closed() => return None,
+                _ = self.core.shutdown.wait() => {
+                    return Some(Status::unavailable("the gateway is shutting down; resume from your last cursor"));
+                }
+                _ = &mut expiry => {
+                    let expired = Error::Unauthenticated(
+                        "the token expired: sign in again and resume from your last cursor".into(),
+                    );
+                    return Some(Status::from(expired));
+                }
+                _ = recheck.tick() => match self.recheck().await {
+                    Ok(()) => continue,
+                    Err(e) => return Some(Status::from(e)),
+                },
+            };
+            match item {
+                Some(Ok(notification)) => {
+                    let cursor = notification.cursor;
+                    if tx.send(Ok(notification)).await.is_err() {
+                        return None; // the client went away
+                    }
+                    self.delivered.note(cursor);
+                    if self.delivered.count() >= DELIVERY_RECORD_EVERY
+                        && let Err(e) = self.recheck().await
+                    {
+                        return Some(Status::from(e));
+                    }
+                }
+                Some(Err(status)) => return Some(Status::from(flag.error(status))),
+                None => return None,
+            }
+        }
+    }
+
+    /// Decides the watch again, as at its start, recording what it relayed since the last
+    /// record: an organisation offboarded, a role or a system removed ends the watch (that
+    /// denial is audited; an allowing re-check is not).
+    async fn recheck(&mut self) -> Result<()> {
+        let mut intent = Intent::new("WatchNotifications");
+        intent.recheck = true;
+        intent.delivered = self.delivered.take();
+        let span = intent.delivered;
+        let deadline = Deadline::after(RECHECK_TIMEOUT);
+        let decided = self
+            .core
+            .decide(self.principal.clone(), intent, &self.metadata, &deadline)
+            .await;
+        match decided {
+            Ok(_) => Ok(()),
+            // A denial is an answer: access-service wrote the delivery with it.
+            Err(e @ Error::PermissionDenied { .. }) => Err(e),
+            Err(e) => {
+                // Unknown whether the record was written: kept, to be recorded at the end
+                // (at worst twice, never lost).
+                if let Some(span) = span {
+                    self.delivered.restore(span);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Records what was relayed since the last record, when the stream ends.
+    async fn record_delivered(&mut self) {
+        if self.delivered.count() == 0 {
+            return;
+        }
+        if let Err(e) = self.recheck().await
+            && !matches!(e, Error::PermissionDenied { .. })
+        {
+            tracing::warn!(error = %e, "could not record what an ended watch delivered");
+        }
+    }
+}
+
 type BoxStream<T> = std::pin::Pin<
     Box<dyn tokio_stream::Stream<Item = std::result::Result<T, Status>> + Send + 'static>,
 >;
@@ -288,58 +442,51 @@ impl Core {
         tokio::spawn(async move {
             // Held for the relay's life: the slot and the registry's stream go together.
             let _slot = slot;
-            let mut upstream = upstream;
-            let expiry = token_expiry(expires_at);
-            tokio::pin!(expiry);
-            let every = core.watches.recheck_every;
-            let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            loop {
-                let item = tokio::select! {
-                    item = upstream.next() => item,
-                    // The caller cancelled or went away: end now, not at the next notification.
-                    _ = tx.closed() => return,
-                    _ = core.shutdown.wait() => {
-                        let _ = tx.send(Err(Status::unavailable("the gateway is shutting down; resume from your last cursor"))).await;
-                        return;
-                    }
-                    _ = &mut expiry => {
-                        let expired = Error::Unauthenticated(
-                            "the token expired: sign in again and resume from your last cursor".into(),
-                        );
-                        let _ = tx.send(Err(Status::from(expired))).await;
-                        return;
-                    }
-                    _ = recheck.tick() => {
-                        // Decided again, as at its start: an organisation offboarded, a role
-                        // or a system removed ends the watch (that denial is audited; an
-                        // allowing re-check is not).
-                        let mut intent = Intent::new("WatchNotifications");
-                        intent.recheck = true;
-                        let deadline = Deadline::after(RECHECK_TIMEOUT);
-                        match core.decide(principal.clone(), intent, &metadata, &deadline).await {
-                            Ok(_) => continue,
-                            Err(e) => {
-                                let _ = tx.send(Err(Status::from(e))).await;
-                                return;
-                            }
-                        }
-                    }
-                };
-                match item {
-                    Some(Ok(notification)) => {
-                        if tx.send(Ok(notification)).await.is_err() {
-                            return; // the client went away
-                        }
-                    }
-                    Some(Err(status)) => {
-                        let _ = tx.send(Err(Status::from(flag.error(status)))).await;
-                        return;
-                    }
-                    None => return,
-                }
+            let mut watch = Watch {
+                core,
+                principal,
+                metadata,
+                delivered: Delivered::default(),
+            };
+            let ending = watch.relay(upstream, &tx, expires_at, &flag).await;
+            // What was relayed and not yet recorded is recorded before the stream's last word,
+            // whatever ended it (the caller gone included).
+            watch.record_delivered().await;
+            if let Some(status) = ending {
+                let _ = tokio::time::timeout(RECHECK_TIMEOUT, tx.send(Err(status))).await;
             }
         });
         let stream = ReceiverStream::new(rx);
         Ok(Box::pin(stream))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(first: u64, last: u64, count: u64) -> Option<pb::WatchDelivery> {
+        Some(pb::WatchDelivery {
+            first_cursor: first,
+            last_cursor: last,
+            count,
+        })
+    }
+
+    #[test]
+    fn a_watchs_delivered_span_covers_what_it_relayed_since_its_last_record() {
+        let mut d = Delivered::default();
+        assert_eq!(d.count(), 0);
+        for cursor in [4, 5, 6] {
+            d.note(cursor);
+        }
+        assert_eq!(d.count(), 3);
+        let taken = d.take();
+        assert_eq!(taken, span(4, 6, 3));
+        assert_eq!(d.take(), None, "taken once: the next record starts afresh");
+        d.note(7);
+        // A record that may not have been written is put back, merged with what came since.
+        d.restore(taken.unwrap());
+        assert_eq!(d.take(), span(4, 7, 4));
     }
 }

@@ -637,3 +637,191 @@ async fn another_las_episodes_cannot_stop_a_childs_lookup() {
         "the protecting LA's plan is shown"
     );
 }
+
+/// The delivery records of organisation `ods`'s watches: (first cursor, last cursor, count).
+async fn deliveries(a: &Attacked, ods: &str) -> Vec<(u64, u64, u64)> {
+    let auditor = a
+        .sys
+        .token("caldicott", ADMIN_ORG, "R5105", &["CPIS_AUDIT"]);
+    let request = pb::ListAuditEventsRequest {
+        ods_code: ods.into(),
+        page_size: 1000,
+        ..Default::default()
+    };
+    pb::audit_client::AuditClient::new(a.sys.channel())
+        .list_audit_events(with_token(request, &auditor))
+        .await
+        .unwrap()
+        .into_inner()
+        .events
+        .into_iter()
+        .filter(|e| e.outcome == pb::AuditOutcome::Delivered as i32)
+        .map(|e| {
+            assert_eq!(e.action, "WatchNotifications");
+            assert_eq!(e.user_id, "la.worker", "the watcher is named");
+            let d = e.delivery.expect("a delivery record states its span");
+            (d.first_cursor, d.last_cursor, d.count)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_watch_delivers_is_audited() {
+    let a = started(&[]).await;
+    let nhs = child();
+    let stored = upload(
+        &a,
+        &a.la,
+        "watched",
+        vec![episode(nhs.as_str(), "2024-01-01")],
+    )
+    .await;
+    assert_eq!(stored.results[0].code(), pb::RecordCode::Accepted);
+
+    // Three notifying lookups: three notifications for the LA, relayed by its watch.
+    let mut watch = a.watch(&a.la).await.unwrap();
+    a.until("cpis_open_watches", 1.0).await;
+    let mut cursors = Vec::new();
+    for _ in 0..3 {
+        a.lookup().await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(15), watch.message())
+            .await
+            .expect("a notification within 15 s")
+            .unwrap()
+            .expect("the watch is still open");
+        cursors.push(n.cursor);
+    }
+    // While the watch stays open (re-check every 30 s) nothing more is recorded; when its
+    // caller goes, what it relayed is.
+    drop(watch);
+    a.until("cpis_open_watches", 0.0).await;
+    let mut recorded = Vec::new();
+    for _ in 0..50 {
+        recorded = deliveries(&a, LA).await;
+        if !recorded.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first = *cursors.first().unwrap();
+    let last = *cursors.last().unwrap();
+    assert_eq!(recorded, [(first, last, 3)], "relayed cursors {cursors:?}");
+
+    // The chain, delivery records in it, still verifies.
+    let auditor = a
+        .sys
+        .token("caldicott", ADMIN_ORG, "R5105", &["CPIS_AUDIT"]);
+    let verified = pb::audit_client::AuditClient::new(a.sys.channel())
+        .verify_audit_log(with_token(
+            pb::VerifyAuditLogRequest { checkpoint: None },
+            &auditor,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verified.ok, "{verified:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_holds_at_most_its_streams() {
+    let a = started(&[("CPIS_MAX_STREAMS_PER_CONNECTION", "3")]).await;
+    // Three long-lived calls on one connection take all its streams.
+    let channel = a.sys.channel();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let request = pb::WatchNotificationsRequest {
+            after_cursor: 0,
+            from_start: true,
+        };
+        let watch = LocalAuthorityClient::new(channel.clone())
+            .watch_notifications(with_token(request, &a.la))
+            .await
+            .unwrap()
+            .into_inner();
+        held.push(watch);
+    }
+    a.until("cpis_open_watches", 3.0).await;
+    // A fourth call on that connection is not served while they are held (the client waits
+    // for a stream, or is refused one)...
+    let mut fourth = Box::pin(async {
+        let mut request = with_token(lookup_request(""), &a.clinician);
+        request.set_timeout(Duration::from_secs(30));
+        ChildProtectionClient::new(channel.clone())
+            .lookup_child(request)
+            .await
+    });
+    match tokio::time::timeout(Duration::from_secs(2), &mut fourth).await {
+        Err(_) => {}
+        Ok(Err(status)) => assert_ne!(status.code(), Code::Ok),
+        Ok(Ok(_)) => panic!("a call beyond the connection's streams was served"),
+    }
+    // ...while another connection is served at once,
+    a.lookup().await.unwrap();
+    // and when one stream ends, the connection takes a call again.
+    held.pop();
+    let retried = {
+        let mut request = with_token(lookup_request(""), &a.clinician);
+        request.set_timeout(Duration::from_secs(10));
+        tokio::time::timeout(
+            Duration::from_secs(15),
+            ChildProtectionClient::new(channel.clone()).lookup_child(request),
+        )
+        .await
+    };
+    assert!(
+        matches!(retried, Ok(Ok(_))),
+        "a freed stream serves again: {retried:?}"
+    );
+    drop(held);
+    a.until("cpis_open_watches", 0.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_closed_at_their_age_idle_or_silent_plaintext_included() {
+    let a = started(&[("CPIS_MAX_CONNECTION_AGE", "2"), ("CPIS_GRACE_PERIOD", "1")]).await;
+    let addr = a.sys.gateway_addr();
+    // An HTTP/2 connection that did one call, then sits idle: closed (GOAWAY) at its age.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    drop(client);
+    let closed = tokio::time::timeout(Duration::from_secs(15), connection).await;
+    assert!(
+        closed.is_ok(),
+        "an idle HTTP/2 connection outlived its age by 13 s"
+    );
+    // A TCP connection that never says a word is not held for ever either.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 256];
+    let read = tokio::time::timeout(Duration::from_secs(15), async {
+        use tokio::io::AsyncReadExt;
+        loop {
+            match silent.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue, // the server's SETTINGS, then GOAWAY
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "a silent connection was held past its age");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_over_their_limit_are_refused_before_a_permit() {
+    let a = started(&[]).await;
+    let mut request = with_token(lookup_request(""), &a.clinician);
+    // 20 KiB of header: over the 16 KiB header list the servers accept.
+    request
+        .metadata_mut()
+        .insert("x-padding", "p".repeat(20 * 1024).parse().unwrap());
+    request.set_timeout(Duration::from_secs(10));
+    let refused = tokio::time::timeout(
+        Duration::from_secs(15),
+        ChildProtectionClient::new(a.sys.channel()).lookup_child(request),
+    )
+    .await
+    .expect("an oversized header list is answered at once");
+    assert!(refused.is_err(), "an oversized header list was served");
+    assert_eq!(a.gauge("cpis_calls_in_flight").await, 0.0);
+    a.lookup().await.unwrap();
+}

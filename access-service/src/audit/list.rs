@@ -3,7 +3,7 @@
 
 use crate::entities::audit_record;
 use chrono::{DateTime, Utc};
-use cpis_proto::gateway::{AuditEvent, AuditOutcome, ListAuditEventsResponse};
+use cpis_proto::gateway::{AuditEvent, AuditOutcome, ListAuditEventsResponse, WatchDelivery};
 use platform::Result;
 use platform::domain::{AccessKind, to_timestamp};
 use platform::requests::AuditPage;
@@ -11,6 +11,8 @@ use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOr
 
 pub const OUTCOME_ALLOWED: &str = "ALLOWED";
 pub const OUTCOME_DENIED: &str = "DENIED";
+/// Not a decision: what an allowed watch relayed (AUDIT_OUTCOME_DELIVERED).
+pub const OUTCOME_DELIVERED: &str = "DELIVERED";
 
 pub fn instant_of(micros: i64) -> prost_types::Timestamp {
     to_timestamp(DateTime::<Utc>::from_timestamp_micros(micros).unwrap_or_default())
@@ -23,8 +25,14 @@ pub fn to_event(row: audit_record::Model) -> AuditEvent {
     let outcome = match row.outcome.as_str() {
         OUTCOME_ALLOWED => AuditOutcome::Allowed,
         OUTCOME_DENIED => AuditOutcome::Denied,
+        OUTCOME_DELIVERED => AuditOutcome::Delivered,
         _ => AuditOutcome::Unspecified,
     };
+    let delivery = (row.delivered_count > 0).then_some(WatchDelivery {
+        first_cursor: row.delivered_first as u64,
+        last_cursor: row.delivered_last as u64,
+        count: row.delivered_count as u64,
+    });
     AuditEvent {
         sequence: row.sequence as u64,
         recorded_at: Some(instant_of(row.recorded_at)),
@@ -41,6 +49,7 @@ pub fn to_event(row: audit_record::Model) -> AuditEvent {
         trace_id: row.trace_id,
         lookup_id: row.lookup_id,
         hash: row.hash,
+        delivery,
     }
 }
 

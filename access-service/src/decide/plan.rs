@@ -6,7 +6,7 @@
 
 use super::request::{DecideInput, Identity};
 use crate::audit::chain::AuditContent;
-use crate::audit::list::{OUTCOME_ALLOWED, OUTCOME_DENIED, instant_of};
+use crate::audit::list::{OUTCOME_ALLOWED, OUTCOME_DELIVERED, OUTCOME_DENIED, instant_of};
 use crate::entities::{audit_record, idempotency_key, obligation, system};
 use crate::error::AccessError;
 use crate::rules::{self, AccessDecision, Action, Caller, CallerKind, OrganisationStanding};
@@ -215,6 +215,21 @@ impl Batch {
         };
         let organisation_name = organisation.map(|o| o.name.clone()).unwrap_or_default();
 
+        // What a watch relayed is recorded whatever its re-check decides, before the
+        // re-check's own record (a denial): the log says what left before the stream ended.
+        if let Some(delivery) = input.delivered {
+            self.append(AuditContent {
+                recorded_at: self.now,
+                user_id: caller.audit_user_id.clone(),
+                role_code: caller.role_code.clone(),
+                ods_code: caller.rules.ods_code.as_str().to_owned(),
+                action: input.action.name().to_owned(),
+                outcome: OUTCOME_DELIVERED.to_owned(),
+                trace_id: input.trace_id.clone(),
+                delivery: Some(delivery),
+                ..AuditContent::default()
+            });
+        }
         // Every decision is audited, a replay too; a stream's re-check only when it denies.
         let audited = !(input.recheck && allowed);
         let sequence = if !audited {
@@ -254,6 +269,7 @@ impl Batch {
                 },
                 trace_id: input.trace_id.clone(),
                 lookup_id: lookup_id.clone(),
+                delivery: None,
             })
         };
 
@@ -396,6 +412,84 @@ mod tests {
         assert!(!plan.results[1].as_ref().unwrap().allowed);
         assert_eq!(plan.writes.records.len(), 1, "only the denial is audited");
         assert_eq!(plan.writes.records[0].outcome, OUTCOME_DENIED);
+    }
+
+    #[test]
+    fn what_a_watch_delivered_is_recorded_whatever_its_recheck_decides() {
+        let watch = |activities: &[&str], first: u64, last: u64| {
+            let mut r = request(activities, "", 0);
+            r.action = "WatchNotifications".into();
+            r.nhs_number.clear();
+            r.access_kind = 0;
+            r.setting = None;
+            r.recheck = true;
+            r.delivered = Some(cpis_proto::gateway::WatchDelivery {
+                first_cursor: first,
+                last_cursor: last,
+                count: last - first + 1,
+            });
+            validate(r).unwrap()
+        };
+        let inputs = [watch(&["CPIS_LA_MANAGE"], 3, 9), watch(&[], 10, 10)];
+        let mut k = known(&inputs);
+        if let Some(e) = k.organisations.get_mut("RQX") {
+            e.standing = Some(OrganisationStanding {
+                kind: OrganisationKind::LocalAuthority,
+                onboarded: true,
+            });
+        }
+        let mut ids = 0..;
+        let plan = plan(&inputs, k, 1, || format!("l{}", ids.next().unwrap()));
+        let records: Vec<_> = plan
+            .writes
+            .records
+            .iter()
+            .map(|r| {
+                (
+                    r.outcome.as_str(),
+                    r.delivered_first,
+                    r.delivered_last,
+                    r.delivered_count,
+                )
+            })
+            .collect();
+        assert_eq!(
+            records,
+            [
+                (OUTCOME_DELIVERED, 3, 9, 7),
+                (OUTCOME_DELIVERED, 10, 10, 1),
+                (OUTCOME_DENIED, 0, 0, 0),
+            ],
+            "the allowed re-check records only its delivery; the denied one its delivery, then its denial"
+        );
+        assert!(plan.results[0].as_ref().unwrap().allowed);
+    }
+
+    #[test]
+    fn a_delivery_is_only_a_watchs_and_names_a_real_span() {
+        let with = |recheck: bool, first: u64, last: u64, count: u64| {
+            let mut r = request(&["CPIS_LA_MANAGE"], "", 0);
+            r.action = "WatchNotifications".into();
+            r.nhs_number.clear();
+            r.access_kind = 0;
+            r.setting = None;
+            r.recheck = recheck;
+            r.delivered = Some(cpis_proto::gateway::WatchDelivery {
+                first_cursor: first,
+                last_cursor: last,
+                count,
+            });
+            validate(r)
+        };
+        assert!(with(true, 1, 1, 1).is_ok());
+        assert!(with(false, 1, 1, 1).is_err(), "only with a re-check");
+        assert!(with(true, 0, 1, 1).is_err(), "cursors start at 1");
+        assert!(with(true, 5, 4, 1).is_err(), "first after last");
+        assert!(with(true, 1, 3, 4).is_err(), "more than the span holds");
+        assert!(
+            with(true, 1, 3, 0).is_err(),
+            "nothing delivered is no record"
+        );
     }
 
     /// A notifying lookup by a clinician of the onboarded trust RQX.

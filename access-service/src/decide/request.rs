@@ -1,6 +1,7 @@
 //! A `DecideRequest` checked field by field. Malformed input is `INVALID_ARGUMENT` with every
 //! violation at once; it is not a decision, so it is never audited.
 
+use crate::audit::chain::Delivery;
 use crate::rules::Action;
 use cpis_proto::access::DecideRequest;
 use platform::Result;
@@ -43,6 +44,8 @@ pub struct DecideInput {
     pub upload_id: String,
     /// A re-check of a stream's opening decision: audited only if it denies.
     pub recheck: bool,
+    /// With a re-check: what the stream relayed since its last delivery record.
+    pub delivered: Option<Delivery>,
 }
 
 pub fn validate(request: DecideRequest) -> Result<DecideInput> {
@@ -153,6 +156,24 @@ pub fn validate(request: DecideRequest) -> Result<DecideInput> {
     if request.recheck && action.is_some_and(|a| a != Action::WatchNotifications) {
         v.add("recheck", "is only for WatchNotifications");
     }
+    let delivered = request.delivered.as_ref().and_then(|d| {
+        if !request.recheck {
+            v.add("delivered", "is only sent with a re-check");
+        }
+        let width = d.last_cursor.checked_sub(d.first_cursor).map(|w| w + 1);
+        if d.first_cursor == 0 || d.count == 0 || width.is_none_or(|w| d.count > w) {
+            v.add(
+                "delivered",
+                "must name cursors 1 <= first_cursor <= last_cursor and a count of at least 1, at most the range's width",
+            );
+            return None;
+        }
+        Some(Delivery {
+            first: d.first_cursor,
+            last: d.last_cursor,
+            count: d.count,
+        })
+    });
     let input = identity.zip(action).map(|(identity, action)| DecideInput {
         identity,
         action,
@@ -163,6 +184,7 @@ pub fn validate(request: DecideRequest) -> Result<DecideInput> {
         trace_id: request.trace_id,
         upload_id: request.upload_id,
         recheck: request.recheck,
+        delivered,
     });
     v.check(input)
 }

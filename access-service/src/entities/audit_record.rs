@@ -1,4 +1,4 @@
-//! One record of the hash-chained audit log: one decision. Inserted once, never updated or
+//! One record of the hash-chained audit log: one decision, or what a watch delivered. Inserted once, never updated or
 //! deleted by the application.
 
 use sea_orm::entity::prelude::*;
@@ -17,12 +17,17 @@ pub struct Model {
     pub action: String,
     /// `UNSCHEDULED`, `SCHEDULED`, or empty when the action is not a lookup.
     pub access_kind: String,
-    /// `ALLOWED` or `DENIED`.
+    /// `ALLOWED`, `DENIED` or `DELIVERED` (a watch's delivery, not a decision).
     pub outcome: String,
     pub reason: String,
     pub request_id: String,
     pub trace_id: String,
     pub lookup_id: String,
+    /// For a `DELIVERED` record, what the watch relayed: its first and last cursor and how
+    /// many; 0 in every other record.
+    pub delivered_first: i64,
+    pub delivered_last: i64,
+    pub delivered_count: i64,
     pub prev_hash: Vec<u8>,
     pub hash: Vec<u8>,
 }
