@@ -825,3 +825,100 @@ async fn headers_over_their_limit_are_refused_before_a_permit() {
     assert_eq!(a.gauge("cpis_calls_in_flight").await, 0.0);
     a.lookup().await.unwrap();
 }
+
+/// How many flags the LA behind `token` holds.
+async fn flags_held(a: &Attacked, token: &str) -> usize {
+    LocalAuthorityClient::new(a.sys.channel())
+        .list_flags(with_token(
+            pb::ListFlagsRequest {
+                page_size: 1000,
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .flags
+        .len()
+}
+
+/// One gRPC message as it goes on the wire: uncompressed, length-prefixed.
+fn grpc_frame(message: &impl prost::Message) -> tonic::codegen::Bytes {
+    let body = message.encode_to_vec();
+    let mut frame = Vec::with_capacity(5 + body.len());
+    frame.push(0);
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    frame.into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_its_caller_abandons_applies_nothing() {
+    let a = started(&[]).await;
+    let first = pb::UploadFlagsRequest {
+        upload_id: "abandoned".into(),
+        records: vec![episode(child().as_str(), "2024-01-01")],
+    };
+
+    // A client that cancels its call (RST_STREAM CANCEL) after its first message.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(first.clone()).await.unwrap();
+    let call = tokio::spawn({
+        let channel = a.sys.channel();
+        let token = a.la.clone();
+        async move {
+            LocalAuthorityClient::new(channel)
+                .upload_flags(with_token(
+                    tokio_stream::wrappers::ReceiverStream::new(rx),
+                    &token,
+                ))
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    call.abort();
+    drop(tx);
+
+    // A client that resets its stream with NO_ERROR, which HTTP/2 servers read as a body's
+    // early end rather than a failure.
+    let tcp = tokio::net::TcpStream::connect(a.sys.gateway_addr())
+        .await
+        .unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{}/cpis.gateway.v1.LocalAuthority/UploadFlags",
+            a.sys.gateway_addr()
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("authorization", format!("Bearer {}", a.la))
+        .body(())
+        .unwrap();
+    let (_response, mut body) = client.send_request(request, false).unwrap();
+    let reset = pb::UploadFlagsRequest {
+        upload_id: "reset".into(),
+        ..first
+    };
+    body.send_data(grpc_frame(&reset), false).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    body.send_reset(h2::Reason::NO_ERROR);
+
+    // Neither was applied, now or later.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(flags_held(&a, &a.la).await, 0, "an abandoned upload was applied");
+    // The same records sent whole are.
+    let whole = upload(
+        &a,
+        &a.la,
+        "whole",
+        vec![episode(child().as_str(), "2024-01-01")],
+    )
+    .await;
+    assert_eq!(whole.results[0].code(), pb::RecordCode::Accepted);
+    assert_eq!(flags_held(&a, &a.la).await, 1);
+}
