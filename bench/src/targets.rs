@@ -75,21 +75,40 @@ pub fn spawn(program: &Path, args: &[String], log: &Path) -> Result<Process> {
     Ok(Process(child))
 }
 
-/// Waits until `addr` answers gRPC health with SERVING (any status for a server without the
-/// health service, such as the echo: it answers UNIMPLEMENTED).
+/// Waits until `addr` answers gRPC health with SERVING, and a gateway's backends too (any
+/// status for a server without the health service, such as the echo: it answers
+/// UNIMPLEMENTED).
 pub async fn wait_serving(addr: SocketAddr, ca_pem: Option<&str>) -> Result<()> {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let channel = channels(addr, ca_pem, 1)?.remove(0);
-    for _ in 0..600 {
-        let mut client = HealthClient::new(channel.clone());
-        match client.check(HealthCheckRequest::default()).await {
-            Ok(r) if r.get_ref().status() == ServingStatus::Serving => return Ok(()),
-            Err(s) if s.code() == tonic::Code::Unimplemented => return Ok(()),
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+    // A gateway is ready at once; its "backends" entry says when its backends answer too
+    // (other servers know no such entry: NOT_FOUND).
+    for service in ["", "backends"] {
+        let mut serving = false;
+        for _ in 0..600 {
+            let mut client = HealthClient::new(channel.clone());
+            let request = HealthCheckRequest {
+                service: service.into(),
+            };
+            match client.check(request).await {
+                Ok(r) if r.get_ref().status() == ServingStatus::Serving => serving = true,
+                Err(s)
+                    if matches!(s.code(), tonic::Code::Unimplemented | tonic::Code::NotFound) =>
+                {
+                    serving = true
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+            if serving {
+                break;
+            }
+        }
+        if !serving {
+            bail!("{addr} never became SERVING ({service:?})");
         }
     }
-    bail!("{addr} never became SERVING")
+    Ok(())
 }
 
 /// One workload of lookups: clinicians with tokens, at their trusts' sites, looking up a

@@ -1,6 +1,8 @@
-//! Connections to the three backends, and the watcher that keeps the gateway's readiness
-//! honest: it serves only while access-service and flag-service answer, since without them
-//! no lookup can be answered safely (rule 1).
+//! Connections to the three backends, and the monitor that reports how they answer. Their
+//! health is never the gateway's readiness: a backend blip must not take gateways out of the
+//! load balancer, since each call already answers `UNAVAILABLE` with RetryInfo (fail closed,
+//! rule 1) while a backend is away; it goes to the `cpis_dependency_up` gauge, the logs and
+//! the informational health entry [`BACKENDS_HEALTH`].
 
 use crate::calls::{self, RetryBudget};
 use crate::deadline::Deadline;
@@ -9,7 +11,6 @@ use cpis_proto::access::access_control_client::AccessControlClient;
 use cpis_proto::attendance::attendance_log_client::AttendanceLogClient;
 use cpis_proto::flag::flag_registry_client::FlagRegistryClient;
 use platform::error::{Error, Result};
-use platform::health::Readiness;
 use platform::shutdown::Shutdown;
 use platform::tls::ClientFiles;
 use std::collections::HashSet;
@@ -349,29 +350,51 @@ async fn serving(channel: &Channel) -> bool {
     )
 }
 
-/// Keeps the gateway `SERVING` exactly while access-service and flag-service are.
-pub async fn watch(backends: Backends, readiness: Readiness, shutdown: Shutdown) {
+/// A health entry (not a gRPC service) that says `SERVING` while access-service and
+/// flag-service answer the gateway: for operators and tests, never for readiness probes,
+/// which ask for `""`.
+pub const BACKENDS_HEALTH: &str = "backends";
+
+/// Reports, every few seconds, whether each backend answers: the `cpis_dependency_up` gauges,
+/// a log line at each change, and [`BACKENDS_HEALTH`]. Ends at shutdown.
+pub async fn monitor(
+    backends: Backends,
+    reporter: tonic_health::server::HealthReporter,
+    shutdown: Shutdown,
+) {
+    let metrics = platform::metrics::metrics();
+    let gauges = [ACCESS, FLAG, ATTENDANCE].map(|b| metrics.dependency_up(crate::NAME, b));
     let mut was = None;
     loop {
-        let (access, flag) = tokio::join!(
+        let (access, flag, attendance) = tokio::join!(
             serving(&backends.access.channel),
-            serving(&backends.flag.channel)
+            serving(&backends.flag.channel),
+            serving(&backends.attendance.channel)
         );
-        let ready = access && flag;
-        if was != Some(ready) {
-            if ready {
-                tracing::info!("access-service and flag-service answer: serving");
+        for (gauge, up) in gauges.iter().zip([access, flag, attendance]) {
+            gauge.set(i64::from(up));
+        }
+        let now = (access, flag, attendance);
+        if was != Some(now) {
+            if access && flag {
+                tracing::info!(attendance, "access-service and flag-service answer");
             } else {
                 tracing::warn!(
                     access,
                     flag,
-                    "a required backend is not serving: NOT_SERVING"
+                    attendance,
+                    "a required backend does not answer: lookups get UNAVAILABLE until it does"
                 );
             }
-            was = Some(ready);
+            let status = if access && flag {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            reporter.set_service_status(BACKENDS_HEALTH, status).await;
+            was = Some(now);
         }
-        readiness.set_dependency_ready(ready).await;
-        let pause = if ready {
+        let pause = if access && flag {
             Duration::from_secs(2)
         } else {
             Duration::from_millis(300)

@@ -178,9 +178,13 @@ async fn serve(
     shutdown: Shutdown,
 ) -> platform::Result<Running> {
     let readiness = Readiness::new(tonic_health::server::HealthReporter::new(), &SERVICES).await;
-    tokio::spawn(backends::watch(
+    // Ready from the start until shutdown: the gateway can always answer its own calls (with
+    // UNAVAILABLE and RetryInfo while a backend is away), so a backend blip never empties the
+    // load balancer. How the backends answer is monitored apart.
+    readiness.set_dependency_ready(true).await;
+    tokio::spawn(backends::monitor(
         backends.clone(),
-        readiness.clone(),
+        readiness.reporter(),
         shutdown.clone(),
     ));
 

@@ -77,6 +77,13 @@ pub async fn migrate<M: MigratorTrait>(url: &str, service: &str) -> Result<()> {
         .await
         .map_err(|e| Error::internal(format!("database configuration: {e}")))?;
     let result = async {
+        // Nothing to do, and no DDL, when the schema is current or newer (a rolled-back
+        // release's Job): sea-orm's own `up` would fail on migrations it does not know.
+        if let Ok(state) = schema_state::<M>(&conn).await
+            && state.serves()
+        {
+            return Ok(());
+        }
         if conn.get_database_backend() == DbBackend::Postgres {
             let key = advisory_key(service);
             conn.execute_raw(Statement::from_string(
@@ -103,9 +110,87 @@ pub async fn migrate<M: MigratorTrait>(url: &str, service: &str) -> Result<()> {
     result.map_err(Error::from)
 }
 
-/// True when every migration of `M` has been applied (for `--migrate off`).
+/// How the database's schema stands against the migrations this binary knows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SchemaState {
+    /// Every migration of the binary is applied, and no other.
+    Current,
+    /// Every migration of the binary is applied, and the database holds newer ones this
+    /// binary does not know: a rolled-back or not-yet-updated pod, which serves (migrations
+    /// only ever add what older code ignores).
+    Newer(Vec<String>),
+    /// Migrations of the binary still to apply.
+    Behind(Vec<String>),
+}
+
+impl SchemaState {
+    /// Whether a pod of this binary may serve on this schema.
+    pub fn serves(&self) -> bool {
+        !matches!(self, SchemaState::Behind(_))
+    }
+}
+
+/// Compares the migrations applied (as recorded) with those this binary knows.
+pub fn compare(known: &[String], applied: &[String]) -> SchemaState {
+    let pending: Vec<String> = known
+        .iter()
+        .filter(|k| !applied.contains(k))
+        .cloned()
+        .collect();
+    if !pending.is_empty() {
+        return SchemaState::Behind(pending);
+    }
+    let newer: Vec<String> = applied
+        .iter()
+        .filter(|a| !known.contains(a))
+        .cloned()
+        .collect();
+    if newer.is_empty() {
+        SchemaState::Current
+    } else {
+        SchemaState::Newer(newer)
+    }
+}
+
+/// Reads how the schema stands, with SELECTs only: a serving pod needs no DDL right, and unlike
+/// sea-orm's own listing this neither creates the migrations table nor fails on migrations
+/// the binary does not know.
+pub async fn schema_state<M: MigratorTrait>(conn: &DatabaseConnection) -> Result<SchemaState> {
+    let known: Vec<String> = M::migrations()
+        .iter()
+        .map(|m| m.name().to_owned())
+        .collect();
+    let table = M::migration_table_name().to_string();
+    let backend = conn.get_database_backend();
+    let exists = match backend {
+        DbBackend::Sqlite => {
+            format!("SELECT name FROM sqlite_master WHERE type = 'table' AND name = '{table}'")
+        }
+        _ => format!("SELECT to_regclass('{table}')::text AS name"),
+    };
+    let found = conn
+        .query_one_raw(Statement::from_string(backend, exists))
+        .await?
+        .and_then(|row| row.try_get::<Option<String>>("", "name").ok().flatten());
+    let applied: Vec<String> = match found {
+        None => Vec::new(),
+        Some(_) => conn
+            .query_all_raw(Statement::from_string(
+                backend,
+                format!("SELECT version FROM {table}"),
+            ))
+            .await?
+            .into_iter()
+            .filter_map(|row| row.try_get::<String>("", "version").ok())
+            .collect(),
+    };
+    Ok(compare(&known, &applied))
+}
+
+/// True when every migration of `M` has been applied, newer ones tolerated (for
+/// `--migrate off`).
 pub async fn migrations_applied<M: MigratorTrait>(conn: &DatabaseConnection) -> Result<bool> {
-    Ok(M::get_pending_migrations(conn).await?.is_empty())
+    Ok(schema_state::<M>(conn).await?.serves())
 }
 
 /// A stable 63-bit lock key per service, so services sharing one server never block each other.
@@ -119,8 +204,12 @@ fn advisory_key(service: &str) -> i64 {
     (h >> 1) as i64
 }
 
-/// Keeps `readiness` true only while the schema is migrated and the database answers: migrates
-/// (or waits for the migration Job) until that succeeds, then pings. Ends at shutdown.
+/// Makes `readiness` true once this pod can serve its own calls: its migrations are present
+/// (applied here in `auto` mode, awaited from the migration Job in `off` mode; newer ones in
+/// the database tolerated, so a rolled-back pod still starts). From then on the database's
+/// health goes to the `cpis_dependency_up` gauge and the logs, never to readiness: a database
+/// blip must not empty the load balancer, and each call already answers `UNAVAILABLE` with
+/// RetryInfo while the database is away. Ends at shutdown.
 pub async fn keep_ready<M: MigratorTrait>(
     conn: DatabaseConnection,
     url: String,
@@ -129,18 +218,15 @@ pub async fn keep_ready<M: MigratorTrait>(
     readiness: Readiness,
     shutdown: Shutdown,
 ) {
-    let mut migrated = false;
+    let up = crate::metrics::metrics().dependency_up(service, "database");
+    let mut schema_ok = false;
     let mut last_problem = String::new();
     loop {
-        if !migrated {
-            let attempt = match mode {
-                MigrateMode::Auto => migrate::<M>(&url, service).await.map(|_| true),
-                MigrateMode::Off => migrations_applied::<M>(&conn).await,
-            };
-            match attempt {
+        if !schema_ok {
+            match schema_ready::<M>(&conn, &url, service, mode).await {
                 Ok(true) => {
-                    migrated = true;
-                    tracing::info!(service, "database schema is current");
+                    schema_ok = true;
+                    readiness.set_dependency_ready(true).await;
                 }
                 Ok(false) => note(
                     &mut last_problem,
@@ -149,15 +235,18 @@ pub async fn keep_ready<M: MigratorTrait>(
                 Err(e) => note(&mut last_problem, &format!("database not ready: {e}")),
             }
         }
-        let answering = migrated && conn.ping().await.is_ok();
-        if migrated && !answering {
-            note(&mut last_problem, "database is not answering");
+        let answering = conn.ping().await.is_ok();
+        up.set(i64::from(answering));
+        if schema_ok && !answering {
+            note(
+                &mut last_problem,
+                "database is not answering; calls get UNAVAILABLE until it does",
+            );
         }
-        if answering && !last_problem.is_empty() {
+        if schema_ok && answering && !last_problem.is_empty() {
             tracing::info!(service, "database answers again");
             last_problem.clear();
         }
-        readiness.set_dependency_ready(answering).await;
         let pause = if answering {
             Duration::from_secs(2)
         } else {
@@ -167,6 +256,35 @@ pub async fn keep_ready<M: MigratorTrait>(
             _ = tokio::time::sleep(pause) => {}
             _ = shutdown.wait() => return,
         }
+    }
+}
+
+/// Whether the schema lets this pod serve, migrating first in `auto` mode when it is behind.
+async fn schema_ready<M: MigratorTrait>(
+    conn: &DatabaseConnection,
+    url: &str,
+    service: &'static str,
+    mode: MigrateMode,
+) -> Result<bool> {
+    match schema_state::<M>(conn).await? {
+        SchemaState::Current => {
+            tracing::info!(service, "database schema is current");
+            Ok(true)
+        }
+        SchemaState::Newer(newer) => {
+            tracing::info!(
+                service,
+                newer = ?newer,
+                "the database holds migrations newer than this binary (a rollback, or a rollout under way): serving on the schema it knows"
+            );
+            Ok(true)
+        }
+        SchemaState::Behind(_) if mode == MigrateMode::Auto => {
+            migrate::<M>(url, service).await?;
+            tracing::info!(service, "database schema migrated and current");
+            Ok(true)
+        }
+        SchemaState::Behind(_) => Ok(false),
     }
 }
 
@@ -181,6 +299,26 @@ fn note(last: &mut String, problem: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_schema_newer_than_the_binary_serves_and_an_older_one_waits() {
+        let known = names(&["m1", "m2"]);
+        assert_eq!(compare(&known, &names(&["m1", "m2"])), SchemaState::Current);
+        let newer = compare(&known, &names(&["m1", "m2", "m3"]));
+        assert_eq!(newer, SchemaState::Newer(names(&["m3"])));
+        assert!(
+            newer.serves(),
+            "a rolled-back binary serves on a newer schema"
+        );
+        let behind = compare(&known, &names(&["m1"]));
+        assert_eq!(behind, SchemaState::Behind(names(&["m2"])));
+        assert!(!behind.serves());
+        assert!(!compare(&known, &[]).serves());
+    }
 
     #[test]
     fn redacts_passwords_in_urls() {

@@ -54,6 +54,7 @@ pub struct Metrics {
     notification_backlog: IntGaugeVec,
     calls_in_flight: IntGaugeVec,
     open_watches: IntGaugeVec,
+    dependency_up: IntGaugeVec,
     refreshes: Mutex<Vec<Refresh>>,
 }
 
@@ -121,6 +122,16 @@ fn build() -> prometheus::Result<Metrics> {
         ),
         &["component"],
     )?;
+    // Dependency health is reported here, never through readiness: a database or backend blip
+    // must not take pods out of the load balancer (callers get UNAVAILABLE with RetryInfo).
+    let dependency_up = IntGaugeVec::new(
+        Opts::new(
+            "cpis_dependency_up",
+            "1 while a dependency (the database, or each backend as the gateway sees it) answers, 0 otherwise",
+        ),
+        &["component", "dependency"],
+    )?;
+    registry.register(Box::new(dependency_up.clone()))?;
     registry.register(Box::new(calls_in_flight.clone()))?;
     registry.register(Box::new(open_watches.clone()))?;
     registry.register(Box::new(rpc_requests.clone()))?;
@@ -141,6 +152,7 @@ fn build() -> prometheus::Result<Metrics> {
         notification_backlog,
         calls_in_flight,
         open_watches,
+        dependency_up,
         refreshes: Mutex::new(Vec::new()),
     })
 }
@@ -223,6 +235,12 @@ impl Metrics {
     /// The gauge of `component`'s load-shedding permits in use.
     pub fn calls_in_flight(&self, component: &str) -> IntGauge {
         self.calls_in_flight.with_label_values(&[component])
+    }
+
+    /// The gauge of whether `component`'s `dependency` answers.
+    pub fn dependency_up(&self, component: &str, dependency: &str) -> IntGauge {
+        self.dependency_up
+            .with_label_values(&[component, dependency])
     }
 
     /// The gauge of the watches `component` relays.

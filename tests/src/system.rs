@@ -50,6 +50,7 @@ pub struct System {
     processes: HashMap<&'static str, Process>,
     _databases: Vec<platform::testing::TestDatabase>,
     pub gateway_tls: bool,
+    gateway_identity: Pem,
 }
 
 impl Drop for System {
@@ -183,9 +184,15 @@ impl System {
             processes,
             _databases: databases,
             gateway_tls: options.public_tls,
+            gateway_identity,
         };
         system.wait_ready().await;
         system
+    }
+
+    /// The gateway's internal identity (its client certificate to the backends).
+    pub fn gateway_identity(&self) -> &Pem {
+        &self.gateway_identity
     }
 
     pub fn gateway_addr(&self) -> SocketAddr {
@@ -269,28 +276,30 @@ impl System {
         self.dir.path().to_owned()
     }
 
+    /// Waits until every backend is SERVING (asked directly, as the gateway), then the gateway
+    /// and its view of the backends (its `backends` health entry). The gateway itself is
+    /// ready at once: readiness never follows the backends.
     pub async fn wait_ready(&self) {
+        for name in BACKENDS {
+            let channel = self.backend_channel(name, Some(&self.gateway_identity));
+            self.wait_serving(name, channel, "").await;
+        }
+        self.wait_serving("gateway", self.channel(), "").await;
+        self.wait_serving("gateway", self.channel(), "backends")
+            .await;
+    }
+
+    async fn wait_serving(&self, name: &str, channel: Channel, service: &str) {
         for _ in 0..300 {
-            if self.gateway_status().await == Some(ServingStatus::Serving) {
+            if status_of(channel.clone(), service).await == Some(ServingStatus::Serving) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("the gateway never became SERVING:\n{}", self.log("gateway"));
-    }
-
-    async fn gateway_status(&self) -> Option<ServingStatus> {
-        use tonic_health::pb::HealthCheckRequest;
-        use tonic_health::pb::health_client::HealthClient;
-        let mut request = tonic::Request::new(HealthCheckRequest {
-            service: String::new(),
-        });
-        request.set_timeout(Duration::from_secs(1));
-        HealthClient::new(self.channel())
-            .check(request)
-            .await
-            .ok()
-            .map(|r| r.into_inner().status())
+        panic!(
+            "{name} never became SERVING ({service:?}):\n{}",
+            self.log(name)
+        );
     }
 
     /// The process id of `name` now (to show a process was not restarted).
@@ -347,4 +356,19 @@ impl System {
         p.child = spawn(name, &p.env, &log);
         self.wait_ready().await;
     }
+}
+
+/// The health `service` reports over `channel`, if it answers within a second.
+async fn status_of(channel: Channel, service: &str) -> Option<ServingStatus> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let mut request = tonic::Request::new(HealthCheckRequest {
+        service: service.to_owned(),
+    });
+    request.set_timeout(Duration::from_secs(1));
+    HealthClient::new(channel)
+        .check(request)
+        .await
+        .ok()
+        .map(|r| r.into_inner().status())
 }

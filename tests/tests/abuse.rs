@@ -910,7 +910,11 @@ async fn an_upload_its_caller_abandons_applies_nothing() {
 
     // Neither was applied, now or later.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(flags_held(&a, &a.la).await, 0, "an abandoned upload was applied");
+    assert_eq!(
+        flags_held(&a, &a.la).await,
+        0,
+        "an abandoned upload was applied"
+    );
     // The same records sent whole are.
     let whole = upload(
         &a,
