@@ -6,6 +6,7 @@
 
 use crate::calls::{self, RetryBudget};
 use crate::deadline::Deadline;
+use crate::pool::{Endpoint as PoolEndpoint, Pool};
 use cpis_proto::access::Principal;
 use cpis_proto::access::access_control_client::AccessControlClient;
 use cpis_proto::attendance::attendance_log_client::AttendanceLogClient;
@@ -13,22 +14,17 @@ use cpis_proto::flag::flag_registry_client::FlagRegistryClient;
 use platform::error::{Error, Result};
 use platform::shutdown::Shutdown;
 use platform::tls::ClientFiles;
-use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 /// A backend channel whose every call is a client span (its context sent as `traceparent`)
 /// and a `cpis_backend_*` measurement. The readiness watcher uses the bare channels: its
 /// health checks every few seconds are neither traced nor counted.
-pub type Traced = platform::observe::ClientTelemetry<Channel>;
+pub type Traced = platform::observe::ClientTelemetry<Pool>;
 
 /// One backend as the gateway calls it: its name (for errors, logs and metrics), its client,
 /// its share of each caller's deadline and its retry budget (one budget shared by the three
@@ -39,15 +35,15 @@ pub type Traced = platform::observe::ClientTelemetry<Channel>;
 pub struct Backend<C> {
     name: &'static str,
     client: C,
-    /// The bare channel, for the readiness watcher's untraced health checks.
-    channel: Channel,
+    /// The endpoints, judged one by one (what the monitor reports).
+    channel: Pool,
     retries: Arc<RetryBudget>,
 }
 
 impl<C: Clone> Backend<C> {
     fn new(
         name: &'static str,
-        channel: Channel,
+        channel: Pool,
         client: impl FnOnce(Traced) -> C,
         retries: &Arc<RetryBudget>,
     ) -> Self {
@@ -175,12 +171,14 @@ fn endpoint(name: &str, url: &str) -> Result<Endpoint> {
         .keep_alive_while_idle(true))
 }
 
-/// A channel that spreads calls over every address `url`'s host resolves to (a headless
-/// Kubernetes Service lists each pod), re-resolved every few seconds so pods that come and go
-/// are followed; HTTP/2 would otherwise pin all calls to one pod. With `tls`, each connection
-/// is mTLS with the current internal certificate: when the files change, new connections
-/// replace the old ones (calls in flight finish on theirs).
-fn channel(name: &'static str, url: &str, tls: Option<ClientFiles>) -> Result<Channel> {
+/// One configured backend URL: how to reach it.
+struct Target {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+fn target(name: &str, url: &str, tls: bool) -> Result<Target> {
     let uri: http::Uri = url
         .parse()
         .map_err(|e| Error::FailedPrecondition(format!("{name} URL {url:?}: {e}")))?;
@@ -194,67 +192,99 @@ fn channel(name: &'static str, url: &str, tls: Option<ClientFiles>) -> Result<Ch
     let port = uri
         .port_u16()
         .unwrap_or(if scheme == "https" { 443 } else { 80 });
-    if (scheme == "https") != tls.is_some() {
+    if (scheme == "https") != tls {
         return Err(Error::FailedPrecondition(format!(
             "{name} URL {url:?}: use https:// with --tls-internal-ca (mTLS), http:// without"
         )));
     }
+    Ok(Target { scheme, host, port })
+}
+
+/// A pool over every address the backend's URLs resolve to (a headless Kubernetes Service
+/// lists each pod; several comma-separated URLs name static endpoints), re-resolved every few
+/// seconds so pods that come and go are followed, each address judged on its own
+/// ([`crate::pool`]). With `tls`, each connection is mTLS with the current internal
+/// certificate: when the files change, new connections replace the old ones (calls in flight
+/// finish on theirs).
+fn channel(name: &'static str, urls: &str, tls: Option<ClientFiles>) -> Result<Pool> {
+    let targets = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| target(name, u, tls.is_some()))
+        .collect::<Result<Vec<_>>>()?;
+    if targets.is_empty() {
+        return Err(Error::FailedPrecondition(format!("{name} URL is empty")));
+    }
     // The internal certificate as last read (a bad one at start stops the gateway).
     let mut certs = tls.as_ref().map(ClientFiles::watch).transpose()?;
-    let make = {
-        let host = host.clone();
-        move |addr: SocketAddr, tls: Option<&platform::tls::ClientTls>| -> Result<Endpoint> {
-            let ep = endpoint(name, &format!("{scheme}://{addr}"))?;
-            match tls {
-                Some(tls) => ep
-                    .tls_config(tls.config(&host))
-                    .map_err(|e| Error::FailedPrecondition(format!("{name} TLS: {e}"))),
-                None => Ok(ep),
-            }
-        }
+    let make = move |target: &Target,
+                     addr: SocketAddr,
+                     tls: Option<&platform::tls::ClientTls>|
+          -> Result<Vec<Channel>> {
+        let ep = endpoint(name, &format!("{}://{addr}", target.scheme))?;
+        let ep = match tls {
+            Some(tls) => ep
+                .tls_config(tls.config(&target.host))
+                .map_err(|e| Error::FailedPrecondition(format!("{name} TLS: {e}")))?,
+            None => ep,
+        };
+        Ok((0..CONNECTIONS_PER_ADDRESS)
+            .map(|_| ep.connect_lazy())
+            .collect())
     };
-    let (channel, changes) = Channel::balance_channel::<(SocketAddr, usize, u64)>(64);
+    let pool = Pool::new(name);
+    let resolved = pool.clone();
     tokio::spawn(async move {
-        let mut current: HashSet<SocketAddr> = HashSet::new();
-        let mut generation = 0u64;
+        let pool = resolved;
         loop {
             let rotated = certs
                 .as_mut()
                 .is_some_and(|c| c.has_changed().unwrap_or(false));
             let tls = certs.as_ref().map(|c| c.borrow().clone());
-            match tokio::net::lookup_host((host.as_str(), port)).await {
-                Ok(found) => {
-                    let found: HashSet<SocketAddr> = found.collect();
-                    let next_generation = if rotated { generation + 1 } else { generation };
-                    // Build the new endpoints first: a half-written certificate keeps the old ones.
-                    let mut inserts = Vec::new();
-                    let mut ok = true;
-                    for addr in found.iter().filter(|a| rotated || !current.contains(a)) {
-                        match make(*addr, tls.as_deref()) {
-                            Ok(ep) => inserts.push((*addr, ep)),
-                            Err(e) => {
-                                tracing::warn!(backend = name, error = %e, "cannot build a backend connection; keeping the old ones");
-                                ok = false;
-                                break;
-                            }
-                        }
+            let mut found: Vec<(usize, SocketAddr)> = Vec::new();
+            let mut resolved_all = true;
+            for (i, t) in targets.iter().enumerate() {
+                match tokio::net::lookup_host((t.host.as_str(), t.port)).await {
+                    Ok(addrs) => found.extend(addrs.map(|a| (i, a))),
+                    Err(e) => {
+                        resolved_all = false;
+                        tracing::warn!(backend = name, error = %e, "cannot resolve backend; keeping the addresses known");
                     }
-                    if ok {
-                        for (addr, ep) in inserts {
-                            for i in 0..CONNECTIONS_PER_ADDRESS {
-                                if changes
-                                    .send(Change::Insert((addr, i, next_generation), ep.clone()))
-                                    .await
-                                    .is_err()
-                                {
-                                    return; // the channel is gone
-                                }
+                }
+            }
+            found.sort();
+            found.dedup_by_key(|(_, a)| *a);
+            let current = pool.endpoints();
+            let known: Vec<SocketAddr> = current.iter().map(|e| e.addr).collect();
+            let wanted: Vec<SocketAddr> = found.iter().map(|(_, a)| *a).collect();
+            let changed = resolved_all && known != wanted;
+            if changed || rotated {
+                // Build the new endpoints first: a half-written certificate keeps the old ones.
+                let next: Result<Vec<PoolEndpoint>> = found
+                    .iter()
+                    .map(|(i, addr)| {
+                        let old = current.iter().find(|e| e.addr == *addr);
+                        match old {
+                            Some(old) if !rotated => Ok(old.clone()),
+                            Some(old) => {
+                                Ok(old.reconnected(make(&targets[*i], *addr, tls.as_deref())?))
                             }
+                            None => Ok(PoolEndpoint::new(
+                                *addr,
+                                make(&targets[*i], *addr, tls.as_deref())?,
+                            )),
                         }
-                        for addr in current.iter().filter(|a| rotated || !found.contains(a)) {
-                            for i in 0..CONNECTIONS_PER_ADDRESS {
-                                let _ = changes.send(Change::Remove((*addr, i, generation))).await;
-                            }
+                    })
+                    .collect();
+                match next {
+                    Ok(next) => {
+                        if changed {
+                            tracing::info!(
+                                backend = name,
+                                addresses = next.len(),
+                                "backend addresses changed"
+                            );
                         }
                         if rotated {
                             tracing::info!(
@@ -265,22 +295,14 @@ fn channel(name: &'static str, url: &str, tls: Option<ClientFiles>) -> Result<Ch
                                 c.mark_unchanged();
                             }
                         }
-                        if found != current {
-                            tracing::info!(
-                                backend = name,
-                                addresses = found.len(),
-                                "backend addresses changed"
-                            );
-                        }
-                        generation = next_generation;
-                        current = found;
+                        pool.set(next);
+                    }
+                    Err(e) => {
+                        tracing::warn!(backend = name, error = %e, "cannot build a backend connection; keeping the old ones");
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(backend = name, error = %e, "cannot resolve backend; keeping the addresses known")
-                }
             }
-            let pause = if current.is_empty() {
+            let pause = if pool.endpoints().is_empty() {
                 Duration::from_millis(500)
             } else {
                 RESOLVE_EVERY
@@ -288,7 +310,7 @@ fn channel(name: &'static str, url: &str, tls: Option<ClientFiles>) -> Result<Ch
             tokio::time::sleep(pause).await;
         }
     });
-    Ok(channel)
+    Ok(pool)
 }
 
 impl Backends {
@@ -296,14 +318,24 @@ impl Backends {
     pub fn in_process(pairs: &crate::InProcessBackends) -> Self {
         let retries = Arc::new(RetryBudget::default());
         Backends {
-            flag: Backend::new(FLAG, pairs.flag.channel(), flag_client, &retries),
+            flag: Backend::new(
+                FLAG,
+                Pool::single(FLAG, pairs.flag.channel()),
+                flag_client,
+                &retries,
+            ),
             attendance: Backend::new(
                 ATTENDANCE,
-                pairs.attendance.channel(),
+                Pool::single(ATTENDANCE, pairs.attendance.channel()),
                 attendance_client,
                 &retries,
             ),
-            access: Backend::new(ACCESS, pairs.access.channel(), access_client, &retries),
+            access: Backend::new(
+                ACCESS,
+                Pool::single(ACCESS, pairs.access.channel()),
+                access_client,
+                &retries,
+            ),
         }
     }
 
@@ -338,18 +370,6 @@ impl Backends {
     }
 }
 
-async fn serving(channel: &Channel) -> bool {
-    let mut client = HealthClient::new(channel.clone());
-    let mut request = tonic::Request::new(HealthCheckRequest {
-        service: String::new(),
-    });
-    request.set_timeout(Duration::from_secs(1));
-    matches!(
-        client.check(request).await.map(|r| r.into_inner().status()),
-        Ok(ServingStatus::Serving)
-    )
-}
-
 /// A health entry (not a gRPC service) that says `SERVING` while access-service and
 /// flag-service answer the gateway: for operators and tests, never for readiness probes,
 /// which ask for `""`.
@@ -366,10 +386,11 @@ pub async fn monitor(
     let gauges = [ACCESS, FLAG, ATTENDANCE].map(|b| metrics.dependency_up(crate::NAME, b));
     let mut was = None;
     loop {
-        let (access, flag, attendance) = tokio::join!(
-            serving(&backends.access.channel),
-            serving(&backends.flag.channel),
-            serving(&backends.attendance.channel)
+        // Each endpoint is probed by its pool; a backend answers while one of them is eligible.
+        let (access, flag, attendance) = (
+            backends.access.channel.up(),
+            backends.flag.channel.up(),
+            backends.attendance.channel.up(),
         );
         for (gauge, up) in gauges.iter().zip([access, flag, attendance]) {
             gauge.set(i64::from(up));

@@ -14,6 +14,7 @@ mod deadline;
 mod limits;
 mod lookup;
 mod obligations;
+mod pool;
 mod streams;
 
 pub use auth::Authenticator;
@@ -56,7 +57,9 @@ pub struct GatewayArgs {
     #[command(flatten)]
     pub serve: ServeArgs,
 
-    /// flag-service URL (`https://` with mTLS in production).
+    /// flag-service URL (`https://` with mTLS in production). Every address its host resolves
+    /// to is an endpoint (a headless Service lists each pod); several URLs, comma-separated,
+    /// name static endpoints. The same holds for the other backend URLs.
     #[arg(long, env = "CPIS_FLAG_URL", default_value = "http://127.0.0.1:50061")]
     pub flag_url: String,
 

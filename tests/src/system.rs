@@ -347,13 +347,53 @@ impl System {
         env.push((key.to_owned(), value.to_owned()));
     }
 
+    /// Starts one more process of backend `name` (its configuration and database, a port of
+    /// its own), then restarts the gateway balancing over every process of `name`. Returns the
+    /// new replica's name, for `kill`, `pid` and `log`.
+    pub async fn add_replica(&mut self, name: &'static str) -> &'static str {
+        let n = self
+            .processes
+            .keys()
+            .filter(|k| replica_of(k) == name)
+            .count()
+            + 1;
+        let replica: &'static str = Box::leak(format!("{name}#{n}").into_boxed_str());
+        let port = free_port();
+        let mut env = self.processes[name].env.clone();
+        env.retain(|(k, _)| k != "CPIS_LISTEN");
+        env.push(kv("CPIS_LISTEN", format!("127.0.0.1:{port}")));
+        let child = spawn(name, &env, &self.dir.path().join(format!("{replica}.log")));
+        self.processes.insert(replica, Process { child, port, env });
+        let mut ports: Vec<u16> = self
+            .processes
+            .iter()
+            .filter(|(k, _)| replica_of(k) == name)
+            .map(|(_, p)| p.port)
+            .collect();
+        ports.sort();
+        let urls: Vec<String> = ports
+            .iter()
+            .map(|p| format!("https://localhost:{p}"))
+            .collect();
+        let key = match name {
+            "flag-service" => "CPIS_FLAG_URL",
+            "attendance-service" => "CPIS_ATTENDANCE_URL",
+            _ => "CPIS_ACCESS_URL",
+        };
+        self.set_env("gateway", key, &urls.join(","));
+        let channel = self.backend_channel(replica, Some(&self.gateway_identity));
+        self.wait_serving(replica, channel, "").await;
+        self.restart("gateway").await;
+        replica
+    }
+
     /// Starts `name` again with the same configuration (same port, same database).
     pub async fn restart(&mut self, name: &'static str) {
         let log = self.dir.path().join(format!("{name}.log"));
         let p = self.processes.get_mut(name).unwrap();
         let _ = p.child.kill();
         let _ = p.child.wait();
-        p.child = spawn(name, &p.env, &log);
+        p.child = spawn(replica_of(name), &p.env, &log);
         self.wait_ready().await;
     }
 }
@@ -371,4 +411,9 @@ async fn status_of(channel: Channel, service: &str) -> Option<ServingStatus> {
         .await
         .ok()
         .map(|r| r.into_inner().status())
+}
+
+/// The backend a process (`flag-service`, or a replica `flag-service#2`) runs.
+fn replica_of(process: &str) -> &str {
+    process.split('#').next().unwrap_or(process)
 }
