@@ -20,7 +20,9 @@
 # 5. checkov on each rendered overlay and on the Dockerfile; any failed check fails. The only
 #    skips are k8s/checkov-skips.txt's, which must match README.md's table. (k8s/namespace
 #    and k8s/pki hold no workload: steps 3 and 4 only.)
-# 6. k8s/tests/test_deploy.py: deploy.sh against a stand-in kubectl (order, fail-fast).
+# 6. k8s/tests: test_check_rendered.py breaks the prod render one way at a time and expects
+#    check_rendered.py to say so; test_deploy.py runs deploy.sh against a stand-in kubectl
+#    (the order of its steps; a missing prerequisite, a failed Job or rollout stops it).
 set -euo pipefail
 
 K8S_VERSION=1.31.0
@@ -136,7 +138,8 @@ for overlay in "${OVERLAYS[@]}"; do
 done
 run_checkov Dockerfile dockerfile dockerfile || failed=1
 
-# --- 6. deploy.sh against a stand-in kubectl -----------------------------------------------------
+# --- 6. the checks' own tests, and deploy.sh against a stand-in kubectl ----------------------------
+"$VENV/bin/python" k8s/tests/test_check_rendered.py || failed=1
 "$VENV/bin/python" k8s/tests/test_deploy.py || failed=1
 
 if grep -q 'sha256:0\{64\}' "$OUT/prod.yaml"; then
