@@ -21,12 +21,11 @@ Scenario keys (all optional):
   rollout         {deployment name: exit code}
 Anything it does not know exits 99, so an unexpected call fails the test.
 """
+import base64
 import json
 import os
 import subprocess
 import sys
-
-import yaml
 
 
 def selector_matches(selector, labels):
@@ -130,11 +129,12 @@ def main():
         secret = sc.get("secrets", {}).get(words[2])
         if secret is None:
             done(1, err=f'Error from server (NotFound): secrets "{words[2]}" not found\n')
-        import base64
         lines = "".join(f"{k} {len(base64.b64encode(v.encode()))}\n" for k, v in sorted(secret.items()))
         done(out=lines)
 
     if verb == "apply":
+        import yaml  # only here: most calls are answered without it
+
         with open(option(argv, "-f")) as f:
             objs = [d for d in yaml.safe_load_all(f) if d]
         selector = option(argv, "-l")
