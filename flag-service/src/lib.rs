@@ -67,7 +67,7 @@ impl FlagArgs {
     }
 
     fn cache(&self) -> FlagCache {
-        match (&self.serve.redis_url, self.local_cache) {
+        match (self.serve.redis_url(), self.local_cache) {
             (Some(url), _) => FlagCache::shared(url, &self.cache_prefix),
             (None, true) => FlagCache::local(),
             (None, false) => FlagCache::Off,

@@ -32,6 +32,67 @@ pub struct DatabaseArgs {
     /// SQLite file named after the service under the data directory.
     #[arg(long, env = "CPIS_DATABASE_URL")]
     pub database_url: Option<String>,
+
+    /// A file holding the database URL (a mounted Kubernetes Secret, say), read once at start;
+    /// a trailing newline is trimmed. Setting both this and `--database-url` is an error.
+    #[arg(
+        long,
+        env = "CPIS_DATABASE_URL_FILE",
+        value_name = "PATH",
+        value_parser = SecretFile::read,
+        conflicts_with = "database_url"
+    )]
+    pub database_url_file: Option<SecretFile>,
+}
+
+impl DatabaseArgs {
+    /// The configured URL, from `--database-url` or the file `--database-url-file` names.
+    pub fn url(&self) -> Option<&str> {
+        self.database_url
+            .as_deref()
+            .or(self.database_url_file.as_ref().map(SecretFile::value))
+    }
+}
+
+/// A secret read from a file at start (`*_FILE` options): the value, and the path it came
+/// from. `Debug` shows the path only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretFile {
+    path: PathBuf,
+    value: String,
+}
+
+impl SecretFile {
+    /// Reads `path`, trimming one trailing newline (`\n` or `\r\n`); an unreadable or empty
+    /// file is an error.
+    pub fn read(path: &str) -> Result<SecretFile, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+        let value = text
+            .strip_suffix('\n')
+            .map(|v| v.strip_suffix('\r').unwrap_or(v))
+            .unwrap_or(&text);
+        if value.is_empty() {
+            return Err(format!("{path} is empty"));
+        }
+        Ok(SecretFile {
+            path: PathBuf::from(path),
+            value: value.to_owned(),
+        })
+    }
+
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl std::fmt::Debug for SecretFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretFile({})", self.path.display())
+    }
 }
 
 /// Transport security; every path is a PEM file, re-read when it changes.
@@ -94,6 +155,17 @@ pub struct ServeArgs {
     /// Redis URL (`redis://host:6379`) for the shared cache; without it, no shared cache.
     #[arg(long, env = "CPIS_REDIS_URL")]
     pub redis_url: Option<String>,
+
+    /// A file holding the Redis URL, read once at start (trailing newline trimmed); setting
+    /// both this and `--redis-url` is an error.
+    #[arg(
+        long,
+        env = "CPIS_REDIS_URL_FILE",
+        value_name = "PATH",
+        value_parser = SecretFile::read,
+        conflicts_with = "redis_url"
+    )]
+    pub redis_url_file: Option<SecretFile>,
 
     #[command(flatten)]
     pub tls: TlsArgs,
@@ -219,6 +291,13 @@ impl LogArgs {
 }
 
 impl ServeArgs {
+    /// The configured Redis URL, from `--redis-url` or the file `--redis-url-file` names.
+    pub fn redis_url(&self) -> Option<&str> {
+        self.redis_url
+            .as_deref()
+            .or(self.redis_url_file.as_ref().map(SecretFile::value))
+    }
+
     pub fn grace(&self) -> Duration {
         Duration::from_secs(self.grace_period)
     }
@@ -233,8 +312,10 @@ impl ServeArgs {
             database: DatabaseArgs {
                 data_dir,
                 database_url: None,
+                database_url_file: None,
             },
             redis_url: None,
+            redis_url_file: None,
             tls: TlsArgs::default(),
             migrate: MigrateMode::Auto,
             insecure_internal: true,
@@ -246,6 +327,160 @@ impl ServeArgs {
                 log_format: LogFormat::Text,
                 otlp_endpoint: None,
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("svc").chain(args.iter().copied()))
+    }
+
+    fn secret(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    }
+
+    #[test]
+    fn urls_come_from_files_with_one_trailing_newline_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = secret(&dir, "db", "postgres://flag:pw@db:5432/flag\n");
+        let redis = secret(&dir, "redis", "rediss://:pw@redis:6379/0\r\n");
+        let cli = parse(&["--database-url-file", &db, "--redis-url-file", &redis]).unwrap();
+        assert_eq!(
+            cli.serve.database.url(),
+            Some("postgres://flag:pw@db:5432/flag")
+        );
+        assert_eq!(cli.serve.redis_url(), Some("rediss://:pw@redis:6379/0"));
+        assert_eq!(cli.serve.database.database_url, None);
+
+        // Without a newline the file is taken as it is; only one newline goes.
+        let bare = secret(&dir, "bare", "postgres://x@h/d");
+        let two = secret(&dir, "two", "postgres://x@h/d\n\n");
+        let cli = parse(&["--database-url-file", &bare]).unwrap();
+        assert_eq!(cli.serve.database.url(), Some("postgres://x@h/d"));
+        let cli = parse(&["--database-url-file", &two]).unwrap();
+        assert_eq!(cli.serve.database.url(), Some("postgres://x@h/d\n"));
+    }
+
+    #[test]
+    fn plain_urls_still_work_and_nothing_set_means_none() {
+        let cli = parse(&[
+            "--database-url",
+            "postgres://a@b/c",
+            "--redis-url",
+            "redis://r",
+        ])
+        .unwrap();
+        assert_eq!(cli.serve.database.url(), Some("postgres://a@b/c"));
+        assert_eq!(cli.serve.redis_url(), Some("redis://r"));
+        let cli = parse(&[]).unwrap();
+        assert_eq!(cli.serve.database.url(), None);
+        assert_eq!(cli.serve.redis_url(), None);
+    }
+
+    #[test]
+    fn a_url_and_its_file_together_are_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = secret(&dir, "url", "postgres://a@b/c\n");
+        let e = parse(&[
+            "--database-url",
+            "postgres://a@b/c",
+            "--database-url-file",
+            &file,
+        ])
+        .unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict, "{e}");
+        let e = parse(&["--redis-url", "redis://r", "--redis-url-file", &file]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict, "{e}");
+    }
+
+    #[test]
+    fn a_missing_or_empty_file_is_an_error_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("absent").display().to_string();
+        let e = parse(&["--database-url-file", &missing]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{e}");
+        assert!(e.to_string().contains("cannot read"), "{e}");
+        let empty = secret(&dir, "empty", "\n");
+        let e = parse(&["--redis-url-file", &empty]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{e}");
+        assert!(e.to_string().contains("is empty"), "{e}");
+    }
+
+    #[test]
+    fn debug_shows_the_path_not_the_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = secret(&dir, "url", "postgres://flag:hunter2@db/flag\n");
+        let cli = parse(&["--database-url-file", &file]).unwrap();
+        let shown = format!("{:?}", cli.serve.database);
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains(&file), "{shown}");
+    }
+
+    /// The environment variables behave as the flags do. Run in a child process, since this
+    /// crate cannot set variables in its own (`std::env::set_var` is unsafe).
+    #[test]
+    fn the_environment_variables_conflict_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = secret(&dir, "url", "postgres://from-file@db/flag\n");
+        let run = |envs: &[(&str, &str)]| {
+            let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+            child
+                .args(["--exact", "config::tests::env_child", "--nocapture"])
+                .env_remove("CPIS_DATABASE_URL")
+                .env_remove("CPIS_DATABASE_URL_FILE")
+                .env_remove("CPIS_REDIS_URL")
+                .env_remove("CPIS_REDIS_URL_FILE");
+            for (k, v) in envs {
+                child.env(k, v);
+            }
+            child.output().unwrap()
+        };
+        let out = run(&[
+            ("CPIS_CONFIG_TEST_EXPECT", "conflict"),
+            ("CPIS_DATABASE_URL", "postgres://plain@db/flag"),
+            ("CPIS_DATABASE_URL_FILE", &file),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let out = run(&[
+            ("CPIS_CONFIG_TEST_EXPECT", "postgres://from-file@db/flag"),
+            ("CPIS_DATABASE_URL_FILE", &file),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
+    /// The child of [`the_environment_variables_conflict_too`]; passes trivially on its own.
+    #[test]
+    fn env_child() {
+        let Ok(expect) = std::env::var("CPIS_CONFIG_TEST_EXPECT") else {
+            return;
+        };
+        match (expect.as_str(), parse(&[])) {
+            ("conflict", Err(e)) => {
+                assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict, "{e}")
+            }
+            (url, Ok(cli)) => assert_eq!(cli.serve.database.url(), Some(url)),
+            (expect, Err(e)) => panic!("expected {expect}, got {e}"),
         }
     }
 }

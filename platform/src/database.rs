@@ -14,8 +14,8 @@ use std::time::Duration;
 
 /// The URL a service uses: the configured one, or `<data_dir>/<service>.db` in SQLite.
 pub fn database_url(args: &DatabaseArgs, service: &str) -> Result<String> {
-    if let Some(url) = &args.database_url {
-        return Ok(url.clone());
+    if let Some(url) = args.url() {
+        return Ok(url.to_owned());
     }
     std::fs::create_dir_all(&args.data_dir).map_err(|e| {
         Error::internal(format!(
