@@ -29,9 +29,7 @@ pub struct AccessArgs {
     pub obligation_fail_after_seconds: u64,
 }
 
-/// One day: an outage fixed within a working day never needs a person, and a missed
-/// notification still reaches someone the next day.
-pub const DEFAULT_OBLIGATION_FAIL_AFTER_SECONDS: u64 = 24 * 3600;
+pub const DEFAULT_OBLIGATION_FAIL_AFTER_SECONDS: u64 = RetryPolicy::DEFAULT_FAIL_AFTER.as_secs();
 
 impl AccessArgs {
     /// How the obligations outbox spaces retries and when it gives up.

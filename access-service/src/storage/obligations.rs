@@ -93,6 +93,8 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// One day: an outage fixed within a working day never needs a person, and a missed
+    /// notification still reaches someone the next day.
     pub const DEFAULT_FAIL_AFTER: Duration = Duration::from_secs(24 * 3600);
 
     pub fn failing_after(fail_after: Duration) -> Self {
