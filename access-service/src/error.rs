@@ -8,6 +8,8 @@ pub enum AccessError {
     SystemNotFound,
     #[error("no obligation has that lookup_id")]
     ObligationNotFound,
+    #[error("that obligation was already carried out")]
+    ObligationCompleted,
     #[error("request_id was already used with a different request")]
     RequestIdReused,
     #[error("audit signing key: {0}")]
@@ -24,6 +26,7 @@ impl From<AccessError> for Error {
             AccessError::SystemNotFound | AccessError::ObligationNotFound => {
                 Error::NotFound(e.to_string())
             }
+            AccessError::ObligationCompleted => Error::FailedPrecondition(e.to_string()),
             AccessError::RequestIdReused => Error::invalid("request_id", e.to_string()),
             AccessError::SigningKey(_) => Error::FailedPrecondition(e.to_string()),
             AccessError::Corrupt(text) => Error::Internal(text),

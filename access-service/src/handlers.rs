@@ -9,16 +9,19 @@ use crate::audit::{list, verify};
 use crate::decide::AccessDecisions;
 use crate::entities::audit_head;
 use crate::error::AccessError;
-use crate::storage::{obligations, organisations, systems};
+use crate::storage::obligations::RetryPolicy;
+use crate::storage::{now_micros, obligations, organisations, systems};
 use cpis_proto::access::access_control_server::AccessControl;
 use cpis_proto::access::{
     ClaimObligationsRequest, ClaimObligationsResponse, CompleteObligationRequest, DecideRequest,
-    Decision, Principal, ResolveSystemRequest, SystemIdentity,
+    Decision, Principal, ReleaseObligationRequest, ReleaseObligationResponse, ResolveSystemRequest,
+    SystemIdentity,
 };
 use cpis_proto::gateway::{
-    Checkpoint, ListAuditEventsRequest, ListAuditEventsResponse, ListOrganisationsRequest,
-    ListOrganisationsResponse, ListSystemsRequest, ListSystemsResponse, Organisation,
-    RegisterSystemRequest, RemoveSystemRequest, System, UpsertOrganisationRequest,
+    Checkpoint, ListAuditEventsRequest, ListAuditEventsResponse, ListFailedObligationsRequest,
+    ListFailedObligationsResponse, ListOrganisationsRequest, ListOrganisationsResponse,
+    ListSystemsRequest, ListSystemsResponse, Organisation, RegisterSystemRequest,
+    RemoveSystemRequest, RetryObligationRequest, System, UpsertOrganisationRequest,
     VerifyAuditLogRequest, VerifyAuditLogResponse,
 };
 use platform::domain::{Activity, DenyReason};
@@ -35,6 +38,7 @@ pub struct Handlers {
     pub context: BackendContext,
     pub decisions: AccessDecisions,
     pub signer: CheckpointSigner,
+    pub retries: RetryPolicy,
 }
 
 type Answer<T> = std::result::Result<Response<T>, Status>;
@@ -187,6 +191,35 @@ impl Handlers {
         self.called_by_gateway(&request)?;
         obligations::complete(&self.context.db, request.into_inner()).await
     }
+
+    async fn release(
+        &self,
+        request: Request<ReleaseObligationRequest>,
+    ) -> Result<ReleaseObligationResponse> {
+        self.called_by_gateway(&request)?;
+        obligations::release(
+            &self.context.db,
+            &self.retries,
+            request.into_inner(),
+            now_micros(),
+        )
+        .await
+    }
+
+    async fn failed_obligations(
+        &self,
+        request: Request<ListFailedObligationsRequest>,
+    ) -> Result<ListFailedObligationsResponse> {
+        self.on_behalf_of(&request, Activity::Admin)?;
+        let page = requests::list_failed_obligations(request.get_ref())?;
+        obligations::list_failed(&self.context.db, &page).await
+    }
+
+    async fn retry(&self, request: Request<RetryObligationRequest>) -> Result<()> {
+        self.on_behalf_of(&request, Activity::Admin)?;
+        let lookup_id = requests::retry_obligation(request.get_ref())?;
+        obligations::retry(&self.context.db, &lookup_id, now_micros()).await
+    }
 }
 
 #[tonic::async_trait]
@@ -258,5 +291,23 @@ impl AccessControl for Handlers {
 
     async fn complete_obligation(&self, request: Request<CompleteObligationRequest>) -> Answer<()> {
         Ok(Response::new(self.complete(request).await?))
+    }
+
+    async fn release_obligation(
+        &self,
+        request: Request<ReleaseObligationRequest>,
+    ) -> Answer<ReleaseObligationResponse> {
+        Ok(Response::new(self.release(request).await?))
+    }
+
+    async fn list_failed_obligations(
+        &self,
+        request: Request<ListFailedObligationsRequest>,
+    ) -> Answer<ListFailedObligationsResponse> {
+        Ok(Response::new(self.failed_obligations(request).await?))
+    }
+
+    async fn retry_obligation(&self, request: Request<RetryObligationRequest>) -> Answer<()> {
+        Ok(Response::new(self.retry(request).await?))
     }
 }

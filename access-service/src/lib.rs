@@ -28,6 +28,7 @@ use decide::AccessDecisions;
 use platform::config::ServeArgs;
 use platform::runtime::{BackendContext, BackendService};
 use std::net::SocketAddr;
+use std::time::Duration;
 use tonic::service::Routes;
 
 pub const NAME: &str = "access-service";
@@ -60,8 +61,53 @@ impl BackendService for AccessService {
                 context,
                 decisions,
                 signer,
+                retries: args.retry_policy(),
             })
             .max_decoding_message_size(platform::server::MAX_MESSAGE_BYTES),
         ))
+    }
+
+    fn serving(_: &AccessArgs, context: BackendContext) {
+        tokio::spawn(measure_obligations(context));
+    }
+}
+
+/// How often the obligation gauges are read from storage between scrapes.
+const OBLIGATIONS_EVERY: Duration = Duration::from_secs(15);
+
+/// Keeps `cpis_obligations_pending`, `cpis_obligations_failed` and
+/// `cpis_obligations_oldest_pending_age_seconds` current: every [`OBLIGATIONS_EVERY`], and at
+/// each scrape. Every replica reports the same table, so alerts take the `max` over them.
+async fn measure_obligations(context: BackendContext) {
+    async fn refresh(db: &sea_orm::DatabaseConnection) {
+        match storage::obligations::backlog(db).await {
+            Ok(b) => {
+                let age = b.oldest_pending_at.map_or(Duration::ZERO, |at| {
+                    let micros = storage::now_micros().saturating_sub(at).max(0);
+                    Duration::from_micros(u64::try_from(micros).unwrap_or(0))
+                });
+                platform::metrics::metrics().obligations(b.pending, b.failed, age);
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot read the obligations backlog"),
+        }
+    }
+    let readiness = context.readiness.clone();
+    let db = context.db.clone();
+    platform::metrics::metrics().on_scrape(move || {
+        let (db, ready) = (db.clone(), readiness.is_ready());
+        async move {
+            if ready {
+                refresh(&db).await;
+            }
+        }
+    });
+    loop {
+        if context.readiness.is_ready() {
+            refresh(&context.db).await;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(OBLIGATIONS_EVERY) => {}
+            _ = context.shutdown.wait() => return,
+        }
     }
 }

@@ -32,6 +32,8 @@ pub enum Action {
     SetRestriction,
     ClearRestriction,
     MarkNhsNumberInactive,
+    ListFailedObligations,
+    RetryObligation,
 }
 
 impl Action {
@@ -55,6 +57,8 @@ impl Action {
         Action::SetRestriction,
         Action::ClearRestriction,
         Action::MarkNhsNumberInactive,
+        Action::ListFailedObligations,
+        Action::RetryObligation,
     ];
 
     pub fn name(self) -> &'static str {
@@ -78,6 +82,8 @@ impl Action {
             Action::SetRestriction => "SetRestriction",
             Action::ClearRestriction => "ClearRestriction",
             Action::MarkNhsNumberInactive => "MarkNhsNumberInactive",
+            Action::ListFailedObligations => "ListFailedObligations",
+            Action::RetryObligation => "RetryObligation",
         }
     }
 
@@ -160,7 +166,9 @@ pub fn requirement(action: Action, access_kind: Option<AccessKind>) -> Option<Re
         | RemoveSystem
         | SetRestriction
         | ClearRestriction
-        | MarkNhsNumberInactive => (Activity::Admin, None),
+        | MarkNhsNumberInactive
+        | ListFailedObligations
+        | RetryObligation => (Activity::Admin, None),
     };
     Some(Requirement {
         activity,

@@ -52,6 +52,8 @@ const TABLE: &[(&str, &str, &str, &str)] = &[
     ("SetRestriction", "", "CPIS_ADMIN", ""),
     ("ClearRestriction", "", "CPIS_ADMIN", ""),
     ("MarkNhsNumberInactive", "", "CPIS_ADMIN", ""),
+    ("ListFailedObligations", "", "CPIS_ADMIN", ""),
+    ("RetryObligation", "", "CPIS_ADMIN", ""),
 ];
 
 #[derive(Clone, Debug)]

@@ -1,5 +1,5 @@
-//! Administration: `cpis org`, `cpis system`, `cpis restrict` and `cpis nhs-number` (activity
-//! CPIS_ADMIN).
+//! Administration: `cpis org`, `cpis system`, `cpis restrict`, `cpis nhs-number` and
+//! `cpis admin obligations` (activity CPIS_ADMIN).
 
 use crate::connect::{Gateway, GatewayArgs};
 use crate::failure::{CliResult, Failure};
@@ -115,6 +115,37 @@ pub enum NhsNumberCommand {
         #[arg(long)]
         superseded_by: Option<String>,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct AdminArgs {
+    #[command(subcommand)]
+    pub command: AdminCommand,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// Obligations the reconciler gave up on (their work kept failing for 24 hours): list,
+    /// retry.
+    #[command(subcommand)]
+    Obligations(ObligationsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ObligationsCommand {
+    /// List the failed obligations, oldest first: lookup id, when, organisation, tries and
+    /// the last error (never an NHS number or a user).
+    List {
+        #[command(flatten)]
+        pages: PageArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Return an obligation to the reconciler, once the cause is fixed: it is carried out
+    /// again within seconds.
+    Retry { lookup_id: String },
 }
 
 pub fn parse_kind(input: &str) -> Result<pb::OrganisationKind, String> {
@@ -332,6 +363,75 @@ pub async fn nhs_number(args: NhsNumberArgs) -> CliResult {
                     "s"
                 }
             );
+        }
+    }
+    Ok(())
+}
+
+fn failed_obligation_line(o: &pb::FailedObligation) -> String {
+    format!(
+        "{}  {}  {:<8} {} tries, {} failed since {}  {}",
+        o.lookup_id,
+        crate::lookup::local_time(o.accessed_at.as_ref()),
+        o.ods_code,
+        o.attempts,
+        o.failures,
+        crate::lookup::local_time(o.failing_since.as_ref()),
+        o.last_error
+    )
+}
+
+fn failed_obligation_json(o: &pb::FailedObligation) -> serde_json::Value {
+    serde_json::json!({
+        "lookup_id": o.lookup_id,
+        "accessed_at": json::timestamp(o.accessed_at.as_ref()),
+        "ods_code": o.ods_code,
+        "organisation_name": o.organisation_name,
+        "attempts": o.attempts,
+        "failures": o.failures,
+        "last_error": o.last_error,
+        "failing_since": json::timestamp(o.failing_since.as_ref()),
+        "failed_at": json::timestamp(o.failed_at.as_ref()),
+    })
+}
+
+pub async fn admin(args: AdminArgs) -> CliResult {
+    let gateway = Gateway::connect(&args.gateway)?;
+    let mut admin = client(&gateway);
+    match args.command {
+        AdminCommand::Obligations(ObligationsCommand::List { pages, json }) => {
+            let (failed, more) = pages::collect(&pages, async |page_token| {
+                let request = pb::ListFailedObligationsRequest {
+                    page_size: pages.page_size,
+                    page_token,
+                };
+                let page = admin
+                    .list_failed_obligations(gateway.request(request)?)
+                    .await
+                    .map_err(refused)?
+                    .into_inner();
+                Ok((page.obligations, page.next_page_token))
+            })
+            .await?;
+            if json {
+                json::print(&failed.iter().map(failed_obligation_json).collect());
+            } else if failed.is_empty() {
+                eprintln!("no failed obligations");
+            } else {
+                for o in &failed {
+                    println!("{}", failed_obligation_line(o));
+                }
+            }
+            pages::note_more(more);
+        }
+        AdminCommand::Obligations(ObligationsCommand::Retry { lookup_id }) => {
+            admin
+                .retry_obligation(gateway.request(pb::RetryObligationRequest {
+                    lookup_id: lookup_id.clone(),
+                })?)
+                .await
+                .map_err(refused)?;
+            println!("obligation {lookup_id} returned to the reconciler");
         }
     }
     Ok(())

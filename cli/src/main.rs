@@ -41,6 +41,8 @@ enum Command {
     Restrict(admin::RestrictArgs),
     /// NHS numbers no longer in use: inactive.
     NhsNumber(admin::NhsNumberArgs),
+    /// Operating cpis: obligations list, retry.
+    Admin(admin::AdminArgs),
     /// Write a synthetic national dataset as CSV (999 test-range NHS numbers only), and
     /// optionally load it into a running gateway.
     DemoData(demo::DemoDataArgs),
@@ -62,6 +64,7 @@ async fn run(command: Command) -> CliResult {
         Command::System(args) => admin::system(args).await,
         Command::Restrict(args) => admin::restrict(args).await,
         Command::NhsNumber(args) => admin::nhs_number(args).await,
+        Command::Admin(args) => admin::admin(args).await,
         Command::DemoData(args) => demo::run(args).await,
     }
 }

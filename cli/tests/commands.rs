@@ -1013,3 +1013,61 @@ async fn administration_commands_manage_organisations_systems_restrictions_and_i
     );
     dev.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_obligations_list_and_retry_are_administration_through_the_gateway() {
+    let dev = Dev::start().await;
+    dev.onboard().await;
+    let admin = dev.admin();
+    let none = dev.cpis(&admin, &["admin", "obligations", "list"]).await;
+    assert!(
+        none.ok().stderr.contains("no failed obligations"),
+        "{none:?}"
+    );
+    let json = dev
+        .cpis(&admin, &["admin", "obligations", "list", "--json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(json, serde_json::json!([]));
+
+    // A lookup whose obligation was carried out inline: nothing to retry.
+    let answer = dev
+        .cpis(
+            &dev.clinician(),
+            &[
+                "lookup",
+                &child(60),
+                "--setting",
+                SITE,
+                "--setting-type",
+                "emergency-department",
+                "--json",
+            ],
+        )
+        .await
+        .ok()
+        .json();
+    let lookup_id = answer["lookup_id"].as_str().unwrap().to_owned();
+    let done = dev
+        .cpis(&admin, &["admin", "obligations", "retry", &lookup_id])
+        .await;
+    done.code(1);
+    assert!(done.stderr.contains("already carried out"), "{done:?}");
+    let missing = dev
+        .cpis(&admin, &["admin", "obligations", "retry", "no-such-lookup"])
+        .await;
+    missing.code(1);
+    assert!(missing.stderr.contains("not found"), "{missing:?}");
+
+    let denied = dev
+        .cpis(&dev.auditor(), &["admin", "obligations", "list"])
+        .await;
+    assert!(
+        denied
+            .stderr
+            .contains("your role lacks activity CPIS_ADMIN"),
+        "{denied:?}"
+    );
+    dev.stop().await;
+}

@@ -303,4 +303,27 @@ impl Administration for PublicApi {
             flag.mark_nhs_number_inactive
         )
     }
+
+    async fn list_failed_obligations(
+        &self,
+        request: Request<pb::ListFailedObligationsRequest>,
+    ) -> Answer<pb::ListFailedObligationsResponse> {
+        forward!(
+            self,
+            request,
+            only(requests::list_failed_obligations),
+            plain("ListFailedObligations"),
+            access.list_failed_obligations
+        )
+    }
+
+    async fn retry_obligation(&self, request: Request<pb::RetryObligationRequest>) -> Answer<()> {
+        forward!(
+            self,
+            request,
+            only(requests::retry_obligation),
+            plain("RetryObligation"),
+            access.retry_obligation
+        )
+    }
 }

@@ -10,6 +10,10 @@
 //! - flag-service's cache: `cpis_cache_lookups_total{result="hit"|"miss"}` per number looked
 //!   up (hit ratio = hits / (hits + misses));
 //! - access-service's audit writer: `cpis_audit_queue_depth`, decisions waiting to commit;
+//! - access-service's obligations outbox: `cpis_obligations_pending` (not yet carried out,
+//!   not failed), `cpis_obligations_failed` (given up on, waiting for an operator) and
+//!   `cpis_obligations_oldest_pending_age_seconds` (refreshed from storage periodically and
+//!   at each scrape);
 //! - flag-service's outbox: `cpis_notification_backlog{la}`, notifications beyond each LA's
 //!   acknowledged cursor (refreshed from storage periodically and at each scrape);
 //! - capacity: `cpis_calls_in_flight{component}`, load-shedding permits in use
@@ -51,6 +55,9 @@ pub struct Metrics {
     backend_duration: HistogramVec,
     cache_lookups: IntCounterVec,
     audit_queue_depth: IntGauge,
+    obligations_pending: IntGauge,
+    obligations_failed: IntGauge,
+    obligations_oldest_pending: IntGauge,
     notification_backlog: IntGaugeVec,
     calls_in_flight: IntGaugeVec,
     open_watches: IntGaugeVec,
@@ -101,6 +108,18 @@ fn build() -> prometheus::Result<Metrics> {
         "cpis_audit_queue_depth",
         "Access decisions queued for the audit writer, not yet committed",
     )?;
+    let obligations_pending = IntGauge::new(
+        "cpis_obligations_pending",
+        "Obligations of notifying lookups not yet carried out and not failed (retrying or not)",
+    )?;
+    let obligations_failed = IntGauge::new(
+        "cpis_obligations_failed",
+        "Obligations whose work kept failing and that wait for an operator's RetryObligation",
+    )?;
+    let obligations_oldest_pending = IntGauge::new(
+        "cpis_obligations_oldest_pending_age_seconds",
+        "Age of the oldest obligation not yet carried out and not failed (0 when none)",
+    )?;
     let notification_backlog = IntGaugeVec::new(
         Opts::new(
             "cpis_notification_backlog",
@@ -140,6 +159,9 @@ fn build() -> prometheus::Result<Metrics> {
     registry.register(Box::new(backend_duration.clone()))?;
     registry.register(Box::new(cache_lookups.clone()))?;
     registry.register(Box::new(audit_queue_depth.clone()))?;
+    registry.register(Box::new(obligations_pending.clone()))?;
+    registry.register(Box::new(obligations_failed.clone()))?;
+    registry.register(Box::new(obligations_oldest_pending.clone()))?;
     registry.register(Box::new(notification_backlog.clone()))?;
     Ok(Metrics {
         registry,
@@ -149,6 +171,9 @@ fn build() -> prometheus::Result<Metrics> {
         backend_duration,
         cache_lookups,
         audit_queue_depth,
+        obligations_pending,
+        obligations_failed,
+        obligations_oldest_pending,
         notification_backlog,
         calls_in_flight,
         open_watches,
@@ -230,6 +255,15 @@ impl Metrics {
     pub fn audit_queue_depth(&self, depth: usize) {
         self.audit_queue_depth
             .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    /// The obligations outbox as last read from storage.
+    pub fn obligations(&self, pending: u64, failed: u64, oldest_pending_age: Duration) {
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.obligations_pending.set(gauge(pending));
+        self.obligations_failed.set(gauge(failed));
+        self.obligations_oldest_pending
+            .set(gauge(oldest_pending_age.as_secs()));
     }
 
     /// The gauge of `component`'s load-shedding permits in use.
@@ -402,6 +436,7 @@ mod tests {
         m.backend_called("flag-service", tonic::Code::Ok, Duration::from_millis(1));
         m.cache_looked_up(2, 1);
         m.audit_queue_depth(4);
+        m.obligations(2, 1, Duration::from_secs(90));
         m.notification_backlogs(&[("706".into(), 3)]);
         let text = futures_block_on(m.render());
         for wanted in [
@@ -409,6 +444,9 @@ mod tests {
             r#"cpis_backend_calls_total{backend="flag-service",code="OK"} 1"#,
             r#"cpis_cache_lookups_total{result="hit"} 2"#,
             "cpis_audit_queue_depth 4",
+            "cpis_obligations_pending 2",
+            "cpis_obligations_failed 1",
+            "cpis_obligations_oldest_pending_age_seconds 90",
             r#"cpis_notification_backlog{la="706"} 3"#,
             "cpis_rpc_duration_seconds_bucket",
         ] {

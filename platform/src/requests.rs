@@ -23,6 +23,9 @@ pub const MAX_REASON_CHARS: usize = 500;
 pub const MAX_ORGANISATION_NAME_CHARS: usize = 200;
 pub const MAX_SAN_BYTES: usize = 255;
 pub const MAX_USER_ID_BYTES: usize = 255;
+/// Lookup ids are UUIDs (36 bytes); the limit leaves room without letting a request carry a
+/// page of text.
+pub const MAX_LOOKUP_ID_BYTES: usize = 128;
 
 impl Violations {
     /// The value parsed from a request once every field was checked: `INVALID_ARGUMENT` with
@@ -318,6 +321,24 @@ pub fn list_systems(r: &pb::ListSystemsRequest) -> Result<Page<String>> {
     let mut v = Violations::new();
     let page = Page::parse(&mut v, r.page_size, &r.page_token, "systems");
     v.check(Some(page))
+}
+
+/// A page of failed obligations, after a lookup id.
+pub fn list_failed_obligations(r: &pb::ListFailedObligationsRequest) -> Result<Page<String>> {
+    let mut v = Violations::new();
+    let page = Page::parse(&mut v, r.page_size, &r.page_token, "failed-obligations");
+    v.check(Some(page))
+}
+
+/// The lookup id of a valid `RetryObligationRequest`.
+pub fn retry_obligation(r: &pb::RetryObligationRequest) -> Result<String> {
+    let mut v = Violations::new();
+    if r.lookup_id.is_empty() {
+        v.add("lookup_id", "is required");
+    }
+    v.text("lookup_id", &r.lookup_id, MAX_LOOKUP_ID_BYTES);
+    v.finish()?;
+    Ok(r.lookup_id.clone())
 }
 
 fn san(v: &mut Violations, san: &str) {

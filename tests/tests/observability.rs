@@ -599,6 +599,18 @@ async fn the_metrics_endpoints_count_calls_codes_backend_calls_cache_hits_and_ba
         access_after.contains("cpis_audit_queue_depth"),
         "{access_after}"
     );
+    // The lookups' obligations were carried out inline: nothing pending, nothing failed, read
+    // from access-service's storage at the scrape.
+    for gauge in [
+        "cpis_obligations_pending",
+        "cpis_obligations_failed",
+        "cpis_obligations_oldest_pending_age_seconds",
+    ] {
+        assert!(
+            access_after.contains(&format!("\n{gauge} 0\n")),
+            "{gauge}:\n{access_after}"
+        );
+    }
     assert!(
         value(
             &attendance_after,

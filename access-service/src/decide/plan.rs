@@ -292,6 +292,13 @@ impl Batch {
                     lease_expires_at: None,
                     completed_at: None,
                     completed_by: None,
+                    // Due at once: the reconciler's `pending_for` leaves it to the lookup.
+                    next_attempt_at: decided_at,
+                    failures: 0,
+                    deferrals: 0,
+                    failing_since: None,
+                    last_error: None,
+                    failed_at: None,
                 };
                 // A repeat later in this same batch replays this one.
                 self.pending.insert(lookup_id.clone(), o.clone());
@@ -568,6 +575,12 @@ mod tests {
                 lease_expires_at: None,
                 completed_at: None,
                 completed_by: None,
+                next_attempt_at: 5,
+                failures: 0,
+                deferrals: 0,
+                failing_since: None,
+                last_error: None,
+                failed_at: None,
             },
         );
     }

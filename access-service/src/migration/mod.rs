@@ -3,7 +3,8 @@
 use sea_orm_migration::prelude::*;
 
 mod m0001_initial;
-mod m0002_watch_delivery;
+mod m0002_obligation_retries;
+mod m0003_watch_delivery;
 
 pub struct Migrator;
 
@@ -12,7 +13,8 @@ impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         vec![
             Box::new(m0001_initial::Migration),
-            Box::new(m0002_watch_delivery::Migration),
+            Box::new(m0002_obligation_retries::Migration),
+            Box::new(m0003_watch_delivery::Migration),
         ]
     }
 }
