@@ -664,6 +664,18 @@ async fn notifications_watch_reconnects_while_the_gateway_is_unavailable() {
         std::time::Duration::from_secs(600),
     )
     .unwrap();
+    // The LA onboarded first (the gateway answers at once once it listens, so a watch that
+    // got in before onboarding would be refused for that, not for the gateway's absence),
+    // then the system stopped.
+    let dir = data.path().to_owned();
+    let first = Dev::start_with(move |args| {
+        args.listen = listen;
+        args.data_dir = dir;
+    })
+    .await;
+    first.onboard().await;
+    first.stop().await;
+
     let cursor = data.path().join("cursor");
     let watch = tokio::spawn(run(
         [
@@ -684,14 +696,14 @@ async fn notifications_watch_reconnects_while_the_gateway_is_unavailable() {
         data.path().to_owned(),
     ));
 
-    // Start the system on that port only once the watcher has been refused at least once.
+    // Start the system again on that port once the watcher has been refused at least once.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     let dir = data.path().to_owned();
     let dev = Dev::start_with(move |args| {
         args.listen = listen;
         args.data_dir = dir;
     })
     .await;
-    dev.onboard().await;
     let nhs = child(9);
     let file = write(
         dev.data_dir(),

@@ -82,6 +82,7 @@ async fn cpis_dev_serves_health_and_every_public_service_by_reflection() {
     let addr = system.gateway_addr;
 
     common::wait_for_health(addr, "", ServingStatus::Serving).await;
+    common::wait_for_health(addr, "backends", ServingStatus::Serving).await;
     for service in PUBLIC_SERVICES {
         common::wait_for_health(addr, service, ServingStatus::Serving).await;
     }
@@ -129,6 +130,7 @@ async fn a_lookup_without_a_valid_token_is_unauthenticated() {
     let (trigger, shutdown) = Shutdown::new();
     let system = dev::start(&args(dir.path()), shutdown).await.unwrap();
     common::wait_for_health(system.gateway_addr, "", ServingStatus::Serving).await;
+    common::wait_for_health(system.gateway_addr, "backends", ServingStatus::Serving).await;
     let mut client = ChildProtectionClient::new(common::channel(system.gateway_addr).await);
     let status = client
         .lookup_child(cpis_proto::gateway::LookupChildRequest::default())
@@ -184,6 +186,7 @@ async fn cpis_dev_internal_hops_open_no_port_another_process_could_reach() {
     let (trigger, shutdown) = Shutdown::new();
     let system = dev::start(&args(dir.path()), shutdown).await.unwrap();
     common::wait_for_health(system.gateway_addr, "", ServingStatus::Serving).await;
+    common::wait_for_health(system.gateway_addr, "backends", ServingStatus::Serving).await;
     // A lookup goes through all three backends.
     let mut client = cpis_proto::gateway::child_protection_client::ChildProtectionClient::new(
         common::channel(system.gateway_addr).await,

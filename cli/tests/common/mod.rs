@@ -207,18 +207,23 @@ pub async fn wait_until_serving(addr: std::net::SocketAddr) {
         .connect_lazy();
     let mut client = HealthClient::new(channel);
     let mut interval = tokio::time::interval(Duration::from_millis(50));
-    for _ in 0..600 {
-        interval.tick().await;
-        let status = client
-            .check(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await;
-        if status.is_ok_and(|s| s.into_inner().status() == ServingStatus::Serving) {
-            return;
+    // The gateway is ready at once; its `backends` entry says when its backends answer too.
+    for service in ["", "backends"] {
+        let mut serving = false;
+        for _ in 0..600 {
+            interval.tick().await;
+            let status = client
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await;
+            if status.is_ok_and(|s| s.into_inner().status() == ServingStatus::Serving) {
+                serving = true;
+                break;
+            }
         }
+        assert!(serving, "the gateway on {addr} never became ready ({service:?})");
     }
-    panic!("the gateway on {addr} never became ready");
 }
 
 /// The n-th valid NHS number of a 999 test-range block.
