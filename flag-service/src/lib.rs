@@ -17,6 +17,7 @@ pub mod feed;
 pub mod flag;
 pub mod handlers;
 pub mod migration;
+pub mod report;
 pub mod requests;
 pub mod rules;
 pub mod storage;

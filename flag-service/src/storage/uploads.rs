@@ -7,11 +7,10 @@ use super::{NUMBERS_PER_QUERY, ROWS_PER_STATEMENT, begin_write, hold_restriction
 use crate::entities::{flag, flag_history, upload, upload_staging};
 use crate::error::{RegistryError, Result};
 use crate::flag::FlagKey;
+use crate::report;
 use crate::rules::{RecordProblem, ValidRecord, judge_record};
 use chrono::{DateTime, NaiveDate, Utc};
-use cpis_proto::gateway::{
-    FlagRecord, RecordCode, RecordResult, UploadFlagsResponse, UploadStatus,
-};
+use cpis_proto::gateway::{FlagRecord, RecordCode, UploadFlagsResponse, UploadStatus};
 use platform::domain::{FlagType, NhsNumber};
 use prost::Message;
 use sea_orm::sea_query::Expr;
@@ -95,7 +94,8 @@ pub enum Applied {
     Repeat { report: UploadFlagsResponse },
 }
 
-/// The report stored for (LA, upload_id), if that upload completed.
+/// The report stored for (LA, upload_id), if that upload completed; capped as new reports
+/// are ([`report::bounded`]), so a report stored before the caps can still be delivered.
 pub async fn completed(
     db: &impl ConnectionTrait,
     la: &str,
@@ -109,7 +109,7 @@ pub async fn completed(
     };
     let report = UploadFlagsResponse::decode(row.report.as_slice())
         .map_err(|e| RegistryError::Corrupt(format!("stored upload report: {e}")))?;
-    Ok(Some((row.fingerprint, report)))
+    Ok(Some((row.fingerprint, report::bounded(report))))
 }
 
 /// Applies the staged attempt in one transaction: the upload id claimed, then what the plan
@@ -271,70 +271,74 @@ pub fn plan(
                 Ok(valid)
             }
         });
-        let (nhs_number, code, message) = match judgement {
-            Err(problem) => (record.nhs_number, problem.code, problem.message),
-            Ok(valid) => {
-                let id = FlagKey {
-                    nhs_number: valid.nhs_number,
-                    flag_type: valid.dates.flag_type,
-                    start: valid.dates.start,
-                };
-                let after = FlagState {
-                    la_name: up.la_name.clone(),
-                    end: valid.dates.end,
-                    due: valid.dates.due,
-                    emergency_phone: valid.emergency_phone,
-                    office_hours_phone: valid.office_hours_phone,
-                    email: valid.email,
-                    deleted: false,
-                };
-                let before = current.get(&id);
-                let was_live = before.is_some_and(|b| live(&id, b, today));
-                let is_live = live(&id, &after, today);
-                let count = live_counts
-                    .entry((id.nhs_number, id.flag_type))
-                    .or_insert(0);
-                if is_live && !was_live && *count >= MAX_EPISODES {
-                    results.push(RecordResult {
-                        index: index as u32,
-                        nhs_number: valid.nhs_number.as_str().to_owned(),
-                        code: RecordCode::TooManyEpisodes.into(),
-                        message: format!("more than {MAX_EPISODES} episodes of this type"),
-                    });
-                    continue;
-                }
-                match (was_live, is_live) {
-                    (false, true) => *count += 1,
-                    (true, false) => *count -= 1,
-                    _ => {}
-                }
-                if before != Some(&after) {
-                    history.push(Historic {
-                        key: id,
-                        change: if before.is_none() {
-                            "created"
-                        } else {
-                            "updated"
-                        },
-                        before: before.cloned(),
-                        after: after.clone(),
-                    });
-                    current.insert(id, after);
-                    dirty.insert(id);
-                }
-                (
-                    valid.nhs_number.as_str().to_owned(),
-                    RecordCode::Accepted,
-                    String::new(),
-                )
+        let valid = match judgement {
+            Err(problem) => {
+                // A refused number is echoed as sent (capped by the report).
+                results.push(report::result(
+                    index as u32,
+                    &record.nhs_number,
+                    problem.code,
+                    problem.message,
+                ));
+                continue;
             }
+            Ok(valid) => valid,
         };
-        results.push(RecordResult {
-            index: index as u32,
-            nhs_number,
-            code: code.into(),
-            message,
-        });
+        let id = FlagKey {
+            nhs_number: valid.nhs_number,
+            flag_type: valid.dates.flag_type,
+            start: valid.dates.start,
+        };
+        let after = FlagState {
+            la_name: up.la_name.clone(),
+            end: valid.dates.end,
+            due: valid.dates.due,
+            emergency_phone: valid.emergency_phone,
+            office_hours_phone: valid.office_hours_phone,
+            email: valid.email,
+            deleted: false,
+        };
+        let before = current.get(&id);
+        let was_live = before.is_some_and(|b| live(&id, b, today));
+        let is_live = live(&id, &after, today);
+        let count = live_counts
+            .entry((id.nhs_number, id.flag_type))
+            .or_insert(0);
+        if is_live && !was_live && *count >= MAX_EPISODES {
+            let problem = RecordProblem::too_many_episodes();
+            results.push(report::result(
+                index as u32,
+                valid.nhs_number.as_str(),
+                problem.code,
+                problem.message,
+            ));
+            continue;
+        }
+        match (was_live, is_live) {
+            (false, true) => *count += 1,
+            (true, false) => *count -= 1,
+            _ => {}
+        }
+        if before != Some(&after) {
+            history.push(Historic {
+                key: id,
+                change: if before.is_none() {
+                    "created"
+                } else {
+                    "updated"
+                },
+                before: before.cloned(),
+                after: after.clone(),
+            });
+            current.insert(id, after);
+            dirty.insert(id);
+        }
+        results.push(report::result(
+            index as u32,
+            valid.nhs_number.as_str(),
+            RecordCode::Accepted,
+            "",
+        ));
     }
     let upserts = dirty
         .iter()
@@ -347,7 +351,7 @@ pub fn plan(
         .into_iter()
         .collect();
     Plan {
-        report: report(&up.upload_id, results),
+        report: report::report(&up.upload_id, results),
         upserts,
         history,
         changed,
@@ -454,26 +458,6 @@ async fn existing(
         }
     }
     Ok(found)
-}
-
-fn report(upload_id: &str, results: Vec<RecordResult>) -> UploadFlagsResponse {
-    let accepted = results
-        .iter()
-        .filter(|r| r.code == i32::from(RecordCode::Accepted))
-        .count() as u32;
-    let rejected = results.len() as u32 - accepted;
-    let status = match (accepted, rejected) {
-        (_, 0) => UploadStatus::Success,
-        (0, _) => UploadStatus::Failed,
-        _ => UploadStatus::Partial,
-    };
-    UploadFlagsResponse {
-        upload_id: upload_id.to_owned(),
-        status: status.into(),
-        results,
-        accepted,
-        rejected,
-    }
 }
 
 fn status_name(status: UploadStatus) -> &'static str {
