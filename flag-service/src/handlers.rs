@@ -318,7 +318,13 @@ async fn receive(
             fingerprint.update(&(bytes.len() as u64).to_be_bytes());
             fingerprint.update(&bytes);
         }
-        uploads::stage(db, attempt, first_position, &message.records, Utc::now()).await?;
+        // Fingerprinted as sent, staged reduced to what each record's judgement needs.
+        let staged: Vec<_> = message
+            .records
+            .into_iter()
+            .map(crate::rules::for_staging)
+            .collect();
+        uploads::stage(db, attempt, first_position, &staged, Utc::now()).await?;
     }
     let upload_id = rules.finish()?;
     let hex = fingerprint

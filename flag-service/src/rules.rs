@@ -9,8 +9,8 @@ use platform::domain::{
     DateError, FlagType, NhsNumber, NhsNumberError, parse_date, parse_optional_date,
 };
 use platform::requests::{
-    MAX_RECORD_DATE_BYTES, MAX_RECORD_EMAIL_BYTES, MAX_RECORD_NHS_NUMBER_BYTES,
-    MAX_RECORD_PHONE_BYTES,
+    MAX_FLAG_RECORD_BYTES, MAX_RECORD_DATE_BYTES, MAX_RECORD_EMAIL_BYTES,
+    MAX_RECORD_NHS_NUMBER_BYTES, MAX_RECORD_PHONE_BYTES,
 };
 
 /// CPP and LAC stay visible, shown as ended, for this long after their end date.
@@ -128,7 +128,6 @@ impl Field {
         }
     }
 
-    #[cfg(test)]
     fn of_mut(self, record: &mut FlagRecord) -> &mut String {
         match self {
             Field::NhsNumber => &mut record.nhs_number,
@@ -213,6 +212,35 @@ fn screen(record: &FlagRecord) -> Result<(), RecordProblem> {
         }
     }
     Ok(())
+}
+
+/// Bytes a staged record takes at most: a record within its maxima as it is
+/// (`MAX_FLAG_RECORD_BYTES`), and each of its seven string fields over its maximum reduced to
+/// at most 5 bytes more (see [`for_staging`]).
+pub const MAX_STAGED_RECORD_BYTES: usize = MAX_FLAG_RECORD_BYTES + 7 * 5;
+
+/// The record as staged: itself when every field is within its maximum; otherwise each field
+/// over its maximum cut to a prefix still over it (and still holding a control character if
+/// it held one), so that [`judge_record`] decides the same code and message, and the report
+/// echoes the same NHS number (its first 16 bytes). Such a record is refused whatever else it
+/// holds; kept whole, 50,000 records of up to 2 MiB each would be staged, and each chunk of
+/// the apply would hold a thousand of them in memory.
+pub fn for_staging(mut record: FlagRecord) -> FlagRecord {
+    for field in Field::ALL {
+        let max = field.maximum().0;
+        let value = field.of_mut(&mut record);
+        if value.len() <= max {
+            continue;
+        }
+        let poisoned = value.chars().any(char::is_control);
+        // A prefix of more than `max` bytes: a character boundary is at most 3 bytes back.
+        let kept = crate::report::cap(value, max + 4).len();
+        value.truncate(kept);
+        if poisoned && !value.chars().any(char::is_control) {
+            value.push('\0');
+        }
+    }
+    record
 }
 
 /// Judges one record on its own. A control character anywhere decides first
@@ -770,6 +798,42 @@ mod tests {
             let problem = judge_record(&r).unwrap_err();
             prop_assert_eq!(problem.code, RecordCode::InvalidField);
             prop_assert_eq!(problem.message, field.control_character());
+        }
+
+        /// Staged reduced, a record is judged and echoed exactly as sent, and weighs little.
+        #[test]
+        fn a_record_reduced_for_staging_is_judged_and_echoed_as_the_record_sent(
+            values in proptest::collection::vec(
+                prop_oneof![
+                    Just(None),
+                    "[0-9 ]{0,400}".prop_map(Some),
+                    ".{0,300}".prop_map(Some),
+                    ("[ -~]{0,300}", prop::char::range('\0', '\u{9f}'), "[^\u{0}-\u{1f}]{0,300}")
+                        .prop_map(|(a, c, b)| Some(format!("{a}{c}{b}"))),
+                ],
+                7,
+            ),
+            flag_type in -1i32..5,
+        ) {
+            use prost::Message;
+            let mut r = full_record();
+            r.flag_type = flag_type;
+            for (field, value) in Field::ALL.into_iter().zip(values) {
+                if let Some(v) = value {
+                    *field.of_mut(&mut r) = v;
+                }
+            }
+            let staged = for_staging(r.clone());
+            prop_assert_eq!(judge_record(&staged), judge_record(&r));
+            let echo = |x: &FlagRecord| {
+                crate::report::cap(&x.nhs_number, platform::requests::MAX_RESULT_NHS_NUMBER_BYTES)
+                    .to_owned()
+            };
+            prop_assert_eq!(echo(&staged), echo(&r));
+            prop_assert!(staged.encoded_len() <= MAX_STAGED_RECORD_BYTES, "{}", staged.encoded_len());
+            if Field::ALL.iter().all(|f| f.of(&r).len() <= f.maximum().0) {
+                prop_assert_eq!(&staged, &r, "within its maxima, staged as sent");
+            }
         }
 
         #[test]
