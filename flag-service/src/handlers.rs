@@ -110,9 +110,11 @@ impl Handlers {
         request: Request<Streaming<UploadFlagsRequest>>,
     ) -> Result<UploadFlagsResponse> {
         let (principal, la) = self.local_authority(&request)?;
+        let attempt = uuid::Uuid::new_v4().to_string();
+        uploads::begin(self.db(), &attempt, la.as_str(), Utc::now()).await?;
         let staging = StagingGuard {
             db: Some(self.db().clone()),
-            attempt: uuid::Uuid::new_v4().to_string(),
+            attempt,
         };
         let applied = self
             .stage_and_apply(&principal, &la, &staging.attempt, request.into_inner())
@@ -352,7 +354,7 @@ impl StagingGuard {
             return;
         }
         if let Err(e) = uploads::discard(&db, &self.attempt).await {
-            tracing::warn!(error = %e, "could not discard a broken upload's staging; start-up cleans it");
+            tracing::warn!(error = %e, "could not discard a broken upload's staging; its lease lapses and cleanup takes it");
         }
     }
 }

@@ -1,32 +1,91 @@
-//! Uploads: records staged per attempt as they arrive, then applied whole in one transaction,
-//! chunk by chunk (memory holds one chunk and the report, whatever the upload's size), with the
-//! report stored so a resend of the same upload gets it back unchanged.
+//! Uploads: records staged per attempt as they arrive, under a lease that keeps any replica's
+//! cleanup off a live upload; then applied whole in one transaction, chunk by chunk (memory
+//! holds one chunk and the report, whatever the upload's size), with the report stored so a
+//! resend of the same upload gets it back unchanged.
 
 use super::flags::{Change, FlagState, upsert_on_identity};
 use super::restrictions::restricted_among;
 use super::{NUMBERS_PER_QUERY, ROWS_PER_STATEMENT, begin_write, hold_restrictions_still};
-use crate::entities::{flag, flag_history, upload, upload_staging};
+use crate::entities::{flag, flag_history, upload, upload_attempt, upload_staging};
 use crate::error::{RegistryError, Result};
 use crate::flag::FlagKey;
 use crate::report;
 use crate::rules::{RecordProblem, ValidRecord, judge_record};
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use cpis_proto::gateway::{
     FlagRecord, RecordCode, RecordResult, UploadFlagsResponse, UploadStatus,
 };
 use platform::domain::{FlagType, NhsNumber};
 use prost::Message;
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
     DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement,
 };
 use std::collections::{BTreeSet, HashMap, HashSet};
 
+/// How long an attempt's staging is safe from cleanup after its last renewal. Every staged
+/// message renews it, and the gateway relays records within its stream gap
+/// (`CPIS_STREAM_MESSAGE_GAP`, 30 s) plus its relay's linger (5 s), or ends the stream: the
+/// lease outlives a live stream's pauses several times over, and a dead process's staging goes
+/// within minutes. A stream that stalls past it loses its staging and answers UNAVAILABLE,
+/// applying nothing.
+pub const STAGING_LEASE: TimeDelta = TimeDelta::minutes(5);
+
+/// Staged records older than this under no attempt row were staged by a version without
+/// leases (before this schema, or an older replica during a rolling upgrade). No upload lives
+/// that long (the gateway allows one 10 minutes unless its caller asks for more), so they are
+/// an interrupted upload's leftovers.
+pub const UNLEASED_STAGING_AGE: TimeDelta = TimeDelta::hours(1);
+
+/// Attempts removed per cleanup transaction: each takes its staged records (up to 50,000 rows)
+/// with it, so a transaction stays short whatever was left behind.
+pub const CLEANUP_BATCH: u64 = 8;
+
+/// Cleanup transactions per call at most, so one call ends even if attempts keep lapsing.
+const CLEANUP_ROUNDS: usize = 1_000;
+
 /// Staged records read, judged, planned and written per step of [`apply`].
 pub const APPLY_CHUNK: u64 = 1_000;
 
-/// Stages one message's records in one multi-row INSERT (one round trip).
+/// Starts an attempt: its leased row, before any of its records is staged.
+pub async fn begin(
+    db: &DatabaseConnection,
+    attempt: &str,
+    la: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    upload_attempt::Entity::insert(upload_attempt::ActiveModel {
+        attempt_id: Set(attempt.to_owned()),
+        la_ods_code: Set(la.to_owned()),
+        started_at: Set(now),
+        lease_until: Set(now + STAGING_LEASE),
+    })
+    .exec_without_returning(db)
+    .await?;
+    Ok(())
+}
+
+/// Renews the attempt's lease. Inside a transaction this also holds the attempt's row until
+/// it ends, so a cleanup on any replica waits for it and then sees the new lease, rather than
+/// deleting records being staged or applied. `StagingLapsed` when a cleanup took the attempt.
+async fn renew(db: &impl ConnectionTrait, attempt: &str, now: DateTime<Utc>) -> Result<()> {
+    let renewed = upload_attempt::Entity::update_many()
+        .col_expr(
+            upload_attempt::Column::LeaseUntil,
+            Expr::value(now + STAGING_LEASE),
+        )
+        .filter(upload_attempt::Column::AttemptId.eq(attempt))
+        .exec(db)
+        .await?;
+    if renewed.rows_affected == 0 {
+        return Err(RegistryError::StagingLapsed);
+    }
+    Ok(())
+}
+
+/// Stages one message's records in one multi-row INSERT, renewing the attempt's lease in the
+/// same transaction (a message without records renews it too).
 pub async fn stage(
     db: &DatabaseConnection,
     attempt: &str,
@@ -34,47 +93,152 @@ pub async fn stage(
     records: &[FlagRecord],
     now: DateTime<Utc>,
 ) -> Result<()> {
-    if records.is_empty() {
-        return Ok(());
+    let txn = begin_write(db).await?;
+    renew(&txn, attempt, now).await?;
+    if !records.is_empty() {
+        let rows = records
+            .iter()
+            .zip(first_position..)
+            .map(|(record, position)| upload_staging::ActiveModel {
+                attempt_id: Set(attempt.to_owned()),
+                position: Set(position as i64),
+                record: Set(record.encode_to_vec()),
+                staged_at: Set(now),
+            });
+        upload_staging::Entity::insert_many(rows)
+            .exec_without_returning(&txn)
+            .await?;
     }
-    let rows = records
-        .iter()
-        .zip(first_position..)
-        .map(|(record, position)| upload_staging::ActiveModel {
-            attempt_id: Set(attempt.to_owned()),
-            position: Set(position as i64),
-            record: Set(record.encode_to_vec()),
-            staged_at: Set(now),
-        });
-    upload_staging::Entity::insert_many(rows)
-        .exec_without_returning(db)
-        .await?;
+    txn.commit().await?;
     Ok(())
 }
 
-/// Forgets an attempt's staged records (a broken stream, or a refused one).
+/// Forgets an attempt: its staged records, then its lease (a crash between the two leaves a
+/// lease that lapses, and cleanup finishes the job).
 pub async fn discard(db: &impl ConnectionTrait, attempt: &str) -> Result<()> {
     upload_staging::Entity::delete_many()
         .filter(upload_staging::Column::AttemptId.eq(attempt))
         .exec(db)
         .await?;
+    upload_attempt::Entity::delete_many()
+        .filter(upload_attempt::Column::AttemptId.eq(attempt))
+        .exec(db)
+        .await?;
     Ok(())
 }
 
-/// Forgets records staged before `before` by attempts that never finished (a process that
-/// died mid-upload). Returns how many rows went.
-pub async fn discard_stale(db: &DatabaseConnection, before: DateTime<Utc>) -> Result<u64> {
-    Ok(upload_staging::Entity::delete_many()
-        .filter(upload_staging::Column::StagedAt.lt(before))
-        .exec(db)
+/// Removes what interrupted uploads left: attempts whose lease lapsed before `now`, with their
+/// records, and records staged long ago under no attempt at all (see
+/// [`UNLEASED_STAGING_AGE`]); in transactions of at most [`CLEANUP_BATCH`] attempts. A live
+/// attempt, however old, keeps its records. Returns how many staged records went.
+pub async fn clean_lapsed(db: &DatabaseConnection, now: DateTime<Utc>) -> Result<u64> {
+    let mut removed = 0;
+    for _ in 0..CLEANUP_ROUNDS {
+        let (rows, full) = clean_lapsed_batch(db, now).await?;
+        removed += rows;
+        if !full {
+            break;
+        }
+    }
+    for _ in 0..CLEANUP_ROUNDS {
+        let (rows, full) = clean_unleased_batch(db, now - UNLEASED_STAGING_AGE).await?;
+        removed += rows;
+        if !full {
+            break;
+        }
+    }
+    Ok(removed)
+}
+
+/// One batch of lapsed attempts: (records removed, whether the batch was full).
+async fn clean_lapsed_batch(db: &DatabaseConnection, now: DateTime<Utc>) -> Result<(u64, bool)> {
+    let txn = begin_write(db).await?;
+    let candidates: Vec<String> = upload_attempt::Entity::find()
+        .select_only()
+        .column(upload_attempt::Column::AttemptId)
+        .filter(upload_attempt::Column::LeaseUntil.lt(now))
+        .order_by_asc(upload_attempt::Column::LeaseUntil)
+        .limit(CLEANUP_BATCH)
+        .into_tuple()
+        .all(&txn)
+        .await?;
+    if candidates.is_empty() {
+        txn.commit().await?;
+        return Ok((0, false));
+    }
+    let full = candidates.len() as u64 == CLEANUP_BATCH;
+    // The lease is tested again on the row being deleted: PostgreSQL re-reads a row another
+    // transaction held (a staging or an apply renewing it) once that one ends, so a renewed
+    // attempt stays, and one applied and gone is skipped.
+    let gone: Vec<String> = upload_attempt::Entity::delete_many()
+        .filter(upload_attempt::Column::AttemptId.is_in(candidates))
+        .filter(upload_attempt::Column::LeaseUntil.lt(now))
+        .exec_with_returning(&txn)
         .await?
-        .rows_affected)
+        .into_iter()
+        .map(|attempt| attempt.attempt_id)
+        .collect();
+    let rows = if gone.is_empty() {
+        0
+    } else {
+        upload_staging::Entity::delete_many()
+            .filter(upload_staging::Column::AttemptId.is_in(gone))
+            .exec(&txn)
+            .await?
+            .rows_affected
+    };
+    txn.commit().await?;
+    Ok((rows, full))
+}
+
+/// One batch of attempts staged before `before` with no lease row: (records removed, whether
+/// the batch was full).
+async fn clean_unleased_batch(
+    db: &DatabaseConnection,
+    before: DateTime<Utc>,
+) -> Result<(u64, bool)> {
+    let leased = || {
+        Query::select()
+            .column(upload_attempt::Column::AttemptId)
+            .from(upload_attempt::Entity)
+            .to_owned()
+    };
+    let txn = begin_write(db).await?;
+    let candidates: Vec<String> = upload_staging::Entity::find()
+        .select_only()
+        .column(upload_staging::Column::AttemptId)
+        .distinct()
+        .filter(upload_staging::Column::StagedAt.lt(before))
+        .filter(upload_staging::Column::AttemptId.not_in_subquery(leased()))
+        .limit(CLEANUP_BATCH)
+        .into_tuple()
+        .all(&txn)
+        .await?;
+    if candidates.is_empty() {
+        txn.commit().await?;
+        return Ok((0, false));
+    }
+    let full = candidates.len() as u64 == CLEANUP_BATCH;
+    let rows = upload_staging::Entity::delete_many()
+        .filter(upload_staging::Column::AttemptId.is_in(candidates))
+        .filter(upload_staging::Column::AttemptId.not_in_subquery(leased()))
+        .exec(&txn)
+        .await?
+        .rows_affected;
+    txn.commit().await?;
+    Ok((rows, full))
 }
 
 /// How many records are staged, across attempts (for tests and metrics).
 pub async fn staged_count(db: &DatabaseConnection) -> Result<u64> {
     use sea_orm::PaginatorTrait;
     Ok(upload_staging::Entity::find().count(db).await?)
+}
+
+/// How many attempts hold a lease row (for tests).
+pub async fn attempt_count(db: &DatabaseConnection) -> Result<u64> {
+    use sea_orm::PaginatorTrait;
+    Ok(upload_attempt::Entity::find().count(db).await?)
 }
 
 /// One upload ready to apply: the LA, who sent it, and its staged attempt.
@@ -118,13 +282,15 @@ pub async fn completed(
     Ok(Some((row.fingerprint, report::bounded(report))))
 }
 
-/// Applies the staged attempt in one transaction: restrictions held still, the LA's other
-/// uploads waited for, the upload id claimed; then chunk by chunk the staged records read in order,
+/// Applies the staged attempt in one transaction: the attempt's lease renewed and held (no
+/// cleanup can take its records meanwhile), restrictions held still, the LA's other uploads
+/// waited for, the upload id claimed; then chunk by chunk the staged records read in order,
 /// judged, the restrictions and the LA's flags on their numbers read (inside the transaction,
 /// so earlier chunks' writes are seen), planned and written; last the report stored and the
 /// staging deleted.
 pub async fn apply(db: &DatabaseConnection, up: &Upload, now: DateTime<Utc>) -> Result<Applied> {
     let txn = begin_write(db).await?;
+    renew(&txn, &up.attempt, now).await?;
     hold_restrictions_still(&txn).await?;
     one_upload_of_the_la_at_a_time(&txn, &up.la_ods_code).await?;
     plan_each_statement_afresh(&txn).await?;

@@ -1,13 +1,18 @@
-//! UploadFlags under its bounds: the apply chunk by chunk, uploads of one LA one after the
-//! other, and stored reports capped on resend.
+//! UploadFlags under its bounds: staging leases (cleanup takes only lapsed attempts), the apply
+//! chunk by chunk, uploads of one LA one after the other, and stored reports capped on resend.
 
 use crate::common::*;
-use cpis_proto::gateway::{FlagRecord, ListFlagsRequest, RecordCode, UploadFlagsResponse};
-use flag_service::entities::upload;
+use chrono::{TimeDelta, Utc};
+use cpis_proto::gateway::{
+    FlagRecord, ListFlagsRequest, RecordCode, UploadFlagsRequest, UploadFlagsResponse,
+};
+use flag_service::entities::{upload, upload_attempt, upload_staging};
 use flag_service::storage::{flags as stored_flags, uploads};
 use prost::Message;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
+use std::time::Duration;
+use tonic::Code;
 
 async fn listed(client: &Client, ods: &str) -> Vec<cpis_proto::gateway::Flag> {
     let mut flags = Vec::new();
@@ -35,6 +40,216 @@ async fn listed(client: &Client, ods: &str) -> Vec<cpis_proto::gateway::Flag> {
 
 fn codes(report: &UploadFlagsResponse) -> Vec<RecordCode> {
     report.results.iter().map(|r| r.code()).collect()
+}
+
+#[tokio::test]
+async fn a_live_upload_older_than_the_old_cutoff_keeps_its_staging_and_a_lapsed_one_goes() {
+    for db in databases("leases").await {
+        let registry = Registry::start(&db, CacheMode::Off).await;
+        let conn = &registry.db;
+        let now = Utc::now();
+        let long_ago = now - TimeDelta::minutes(20);
+        let records = || vec![cpp(&number(), "2025-01-01"), cpp(&number(), "2025-01-01")];
+        // Both started and staged 20 minutes ago, past the 15 minutes start-up used to allow.
+        // The lapsed one has not been heard of since; the live one's stream has just delivered
+        // another message, renewing its lease.
+        // (Staged now and dated back, so the registry's own cleanup cannot take them early.)
+        for attempt in ["lapsed", "live"] {
+            uploads::begin(conn, attempt, "706", now).await.unwrap();
+            uploads::stage(conn, attempt, 0, &records(), now)
+                .await
+                .unwrap();
+            upload_staging::Entity::update_many()
+                .col_expr(upload_staging::Column::StagedAt, Expr::value(long_ago))
+                .filter(upload_staging::Column::AttemptId.eq(attempt))
+                .exec(conn)
+                .await
+                .unwrap();
+            upload_attempt::Entity::update_many()
+                .col_expr(upload_attempt::Column::StartedAt, Expr::value(long_ago))
+                .col_expr(
+                    upload_attempt::Column::LeaseUntil,
+                    Expr::value(long_ago + uploads::STAGING_LEASE),
+                )
+                .filter(upload_attempt::Column::AttemptId.eq(attempt))
+                .exec(conn)
+                .await
+                .unwrap();
+        }
+        uploads::stage(conn, "live", 2, &[], now).await.unwrap();
+        // Records a version without leases staged, under no attempt: two hours ago (an
+        // interrupted upload's) and ten minutes ago (an older replica's upload, maybe live).
+        for (attempt, age) in [("unleased-old", 120), ("unleased-recent", 10)] {
+            let row = upload_staging::ActiveModel {
+                attempt_id: Set(attempt.into()),
+                position: Set(0),
+                record: Set(cpp(&number(), "2025-01-01").encode_to_vec()),
+                staged_at: Set(now - TimeDelta::minutes(age)),
+            };
+            upload_staging::Entity::insert(row)
+                .exec_without_returning(conn)
+                .await
+                .unwrap();
+        }
+
+        let removed = uploads::clean_lapsed(conn, Utc::now()).await.unwrap();
+        let left: Vec<String> = upload_staging::Entity::find()
+            .all(conn)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.attempt_id)
+            .collect();
+        // (The registry's own cleanup, every minute, may have taken some first.)
+        assert!(removed <= 3, "{}", db.label());
+        assert_eq!(
+            left.iter().filter(|a| *a == "live").count(),
+            2,
+            "{}",
+            db.label()
+        );
+        assert_eq!(left.iter().filter(|a| *a == "lapsed").count(), 0);
+        assert_eq!(left.iter().filter(|a| *a == "unleased-old").count(), 0);
+        assert_eq!(left.iter().filter(|a| *a == "unleased-recent").count(), 1);
+        assert_eq!(
+            uploads::attempt_count(conn).await.unwrap(),
+            1,
+            "the live one"
+        );
+
+        // The live one goes too once its lease lapses.
+        let later = Utc::now() + uploads::STAGING_LEASE + TimeDelta::seconds(1);
+        uploads::clean_lapsed(conn, later).await.unwrap();
+        assert_eq!(uploads::attempt_count(conn).await.unwrap(), 0);
+        let left = upload_staging::Entity::find()
+            .filter(upload_staging::Column::AttemptId.eq("live"))
+            .all(conn)
+            .await
+            .unwrap();
+        assert!(left.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn cleanup_takes_many_lapsed_attempts_in_bounded_batches() {
+    for db in databases("cleanup-batches").await {
+        let registry = Registry::start(&db, CacheMode::Off).await;
+        let conn = &registry.db;
+        let now = Utc::now();
+        let attempts = uploads::CLEANUP_BATCH as usize * 3 + 1;
+        for i in 0..attempts {
+            let attempt = format!("dead-{i}");
+            uploads::begin(conn, &attempt, "706", now).await.unwrap();
+            uploads::stage(conn, &attempt, 0, &[cpp(&number(), "2025-01-01")], now)
+                .await
+                .unwrap();
+        }
+        // Their processes died: every lease lapses.
+        let later = now + uploads::STAGING_LEASE + TimeDelta::seconds(1);
+        uploads::clean_lapsed(conn, later).await.unwrap();
+        assert_eq!(
+            uploads::attempt_count(conn).await.unwrap(),
+            0,
+            "{}",
+            db.label()
+        );
+        assert_eq!(uploads::staged_count(conn).await.unwrap(), 0);
+    }
+}
+
+#[tokio::test]
+async fn an_upload_leaves_no_lease_behind_whatever_its_outcome() {
+    for db in databases("no-lease-left").await {
+        let registry = Registry::start(&db, CacheMode::Off).await;
+        let n = numbers(2);
+        let records = vec![cpp(&n[0], "2025-01-01")];
+        // Applied, repeated, refused as a reused id, refused as a bad stream.
+        upload(&registry.client, &la("706"), "u", vec![records.clone()])
+            .await
+            .unwrap();
+        upload(&registry.client, &la("706"), "u", vec![records])
+            .await
+            .unwrap();
+        let reused = upload(
+            &registry.client,
+            &la("706"),
+            "u",
+            vec![vec![cpp(&n[1], "2025-01-01")]],
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(violations(&reused), ["upload_id"]);
+        let empty = upload(&registry.client, &la("706"), "v", vec![vec![]])
+            .await
+            .unwrap_err();
+        assert_eq!(violations(&empty), ["records"]);
+        let conn = registry.db.clone();
+        eventually(Duration::from_secs(10), || {
+            let conn = conn.clone();
+            async move {
+                uploads::attempt_count(&conn).await.unwrap() == 0
+                    && uploads::staged_count(&conn).await.unwrap() == 0
+            }
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_stream_whose_lease_lapsed_applies_nothing_and_answers_unavailable() {
+    for db in databases("lapsed-stream").await {
+        let registry = Registry::start(&db, CacheMode::Off).await;
+        let n = numbers(2);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(UploadFlagsRequest {
+            upload_id: "stalled".into(),
+            records: vec![cpp(&n[0], "2025-01-01")],
+        })
+        .await
+        .unwrap();
+        let client = registry.client();
+        let call = tokio::spawn(async move {
+            let request = signed(tokio_stream::wrappers::ReceiverStream::new(rx), &la("706"));
+            client.clone().upload_flags(request).await
+        });
+        let conn = registry.db.clone();
+        eventually(Duration::from_secs(10), || {
+            let conn = conn.clone();
+            async move { uploads::staged_count(&conn).await.unwrap() == 1 }
+        })
+        .await;
+        // The stream stalls past its lease: a cleanup (on any replica) takes its staging.
+        let later = Utc::now() + uploads::STAGING_LEASE + TimeDelta::seconds(1);
+        uploads::clean_lapsed(&conn, later).await.unwrap();
+        assert_eq!(uploads::staged_count(&conn).await.unwrap(), 0);
+        // Then it ends cleanly: what it staged is gone, so nothing may be applied.
+        tx.send(UploadFlagsRequest {
+            upload_id: "stalled".into(),
+            records: vec![cpp(&n[1], "2025-01-01")],
+        })
+        .await
+        .unwrap();
+        drop(tx);
+        let status = call.await.unwrap().unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::Unavailable,
+            "{}: {status:?}",
+            db.label()
+        );
+        assert!(listed(&registry.client, "706").await.is_empty());
+        assert_eq!(uploads::staged_count(&conn).await.unwrap(), 0);
+        // Its retry starts over and applies whole.
+        let report = upload(
+            &registry.client,
+            &la("706"),
+            "stalled",
+            vec![vec![cpp(&n[0], "2025-01-01"), cpp(&n[1], "2025-01-01")]],
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.accepted, 2);
+    }
 }
 
 #[tokio::test]
