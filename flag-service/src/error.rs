@@ -11,6 +11,10 @@ pub enum RegistryError {
     NotRestricted,
     #[error("this upload_id was already used by the local authority for different records")]
     UploadIdReused,
+    /// The attempt's lease lapsed (its stream stalled past it) and cleanup took its staged
+    /// records: nothing was applied, and the upload must be sent again.
+    #[error("the upload's staged records were discarded after its lease lapsed")]
+    StagingLapsed,
     #[error("is above the highest cursor assigned ({head})")]
     CursorBeyondHead { head: u64 },
     /// The write is committed but the shared cache did not confirm its invalidation.
@@ -28,6 +32,7 @@ impl From<RegistryError> for Error {
             RegistryError::FlagNotFound => Error::NotFound(e.to_string()),
             RegistryError::NotRestricted => Error::NotFound(e.to_string()),
             RegistryError::UploadIdReused => Error::invalid("upload_id", e.to_string()),
+            RegistryError::StagingLapsed => Error::unavailable("upload staging"),
             RegistryError::CursorBeyondHead { .. } => Error::invalid("up_to_cursor", e.to_string()),
             RegistryError::CacheNotInvalidated => Error::unavailable("flag cache"),
             RegistryError::Corrupt(text) => Error::Internal(text),

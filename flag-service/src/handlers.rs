@@ -110,9 +110,11 @@ impl Handlers {
         request: Request<Streaming<UploadFlagsRequest>>,
     ) -> Result<UploadFlagsResponse> {
         let (principal, la) = self.local_authority(&request)?;
+        let attempt = uuid::Uuid::new_v4().to_string();
+        uploads::begin(self.db(), &attempt, la.as_str(), Utc::now()).await?;
         let staging = StagingGuard {
             db: Some(self.db().clone()),
-            attempt: uuid::Uuid::new_v4().to_string(),
+            attempt,
         };
         let applied = self
             .stage_and_apply(&principal, &la, &staging.attempt, request.into_inner())
@@ -318,7 +320,13 @@ async fn receive(
             fingerprint.update(&(bytes.len() as u64).to_be_bytes());
             fingerprint.update(&bytes);
         }
-        uploads::stage(db, attempt, first_position, &message.records, Utc::now()).await?;
+        // Fingerprinted as sent, staged reduced to what each record's judgement needs.
+        let staged: Vec<_> = message
+            .records
+            .into_iter()
+            .map(crate::rules::for_staging)
+            .collect();
+        uploads::stage(db, attempt, first_position, &staged, Utc::now()).await?;
     }
     let upload_id = rules.finish()?;
     let hex = fingerprint
@@ -346,7 +354,7 @@ impl StagingGuard {
             return;
         }
         if let Err(e) = uploads::discard(&db, &self.attempt).await {
-            tracing::warn!(error = %e, "could not discard a broken upload's staging; start-up cleans it");
+            tracing::warn!(error = %e, "could not discard a broken upload's staging; its lease lapses and cleanup takes it");
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod feed;
 pub mod flag;
 pub mod handlers;
 pub mod migration;
+pub mod report;
 pub mod requests;
 pub mod rules;
 pub mod storage;
@@ -35,8 +36,9 @@ pub const NAME: &str = "flag-service";
 pub const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50061);
 
-/// Staged records older than this belong to an upload whose process died: removed at start.
-const STALE_STAGING: Duration = Duration::from_secs(15 * 60);
+/// How often each replica looks for uploads whose lease lapsed (a fifth of the lease, so a
+/// dead process's staging goes within about 6 minutes).
+const STAGING_CLEANUP_EVERY: Duration = Duration::from_secs(60);
 
 const DEFAULT_CACHE_PREFIX: &str = "cpis:flags";
 
@@ -139,7 +141,9 @@ async fn measure_backlogs(context: BackendContext) {
     }
 }
 
-/// Once the schema is ready, removes what uploads interrupted by a crash left staged.
+/// Once the schema is ready, and then every [`STAGING_CLEANUP_EVERY`], removes what uploads
+/// interrupted by a crash left staged: only attempts whose lease lapsed, so a live upload on
+/// another replica (or this one) keeps its records however long it has been running.
 async fn clean_stale_staging(context: BackendContext) {
     while !context.readiness.is_ready() {
         tokio::select! {
@@ -147,10 +151,15 @@ async fn clean_stale_staging(context: BackendContext) {
             _ = context.shutdown.wait() => return,
         }
     }
-    let before = chrono::Utc::now() - STALE_STAGING;
-    match storage::uploads::discard_stale(&context.db, before).await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(rows = n, "removed records staged by interrupted uploads"),
-        Err(e) => tracing::warn!(error = %e, "could not remove stale staged records"),
+    loop {
+        match storage::uploads::clean_lapsed(&context.db, chrono::Utc::now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "removed records staged by interrupted uploads"),
+            Err(e) => tracing::warn!(error = %e, "could not remove stale staged records"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(STAGING_CLEANUP_EVERY) => {}
+            _ = context.shutdown.wait() => return,
+        }
     }
 }

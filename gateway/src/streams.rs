@@ -1,6 +1,7 @@
 //! The two streaming calls of `LocalAuthority`.
 //!
-//! Upload: the client's stream is piped (re-batched, see RELAY_BATCH) to flag-service through a small bounded channel, so a
+//! Upload: the client's stream is piped (re-batched by count and bytes, see UploadBatches) to
+//! flag-service through a small bounded channel, so a
 //! fast client waits for the registry (backpressure) instead of filling the gateway's memory.
 //! A client stream that breaks (an error, a disconnect, this handler cancelled) must never end
 //! the registry's stream cleanly, which would apply a partial upload. Dropping a gRPC call does
@@ -31,14 +32,93 @@ use tonic::{Request, Status, Streaming};
 
 /// Messages in flight between the client and the registry.
 const UPLOAD_WINDOW: usize = 4;
-/// Records relayed to the registry per message. A client may send one record per message; passed
-/// on as they come, such tiny messages become tiny HTTP/2 DATA frames, and once the registry
-/// (busy writing) lets a few hundred queue up, its HTTP/2 server closes the whole connection as
-/// a small-frame flood (`ENHANCE_YOUR_CALM`). Relayed in batches (at most 5,000, the registry's
-/// limit per message), the frames stay large.
+/// Records relayed to the registry per message at most. A client may send one record per
+/// message; passed on as they come, such tiny messages become tiny HTTP/2 DATA frames, and once
+/// the registry (busy writing) lets a few hundred queue up, its HTTP/2 server closes the whole
+/// connection as a small-frame flood (`ENHANCE_YOUR_CALM`). Relayed in batches, the frames stay
+/// large.
 const RELAY_BATCH: usize = 1_000;
+/// Encoded records relayed per message at most, besides [`RELAY_BATCH`]: the registry decodes
+/// and stages one message at a time and the relay holds [`UPLOAD_WINDOW`] of them in flight, so
+/// a bound in bytes keeps both small whatever the records weigh. 1,000 records at their maxima
+/// (409 bytes each on the wire) make about 400 KB; a client's message of 5,000 such records is
+/// split in five.
+const RELAY_BATCH_BYTES: usize = 1024 * 1024;
+/// How long records may wait in a batch that is not full before they are relayed anyway. The
+/// registry renews the upload's staging lease with each message it stages, so a slow client's
+/// records must not wait for a batch to fill; once per interval stays far from a flood.
+const RELAY_LINGER: Duration = Duration::from_secs(5);
 /// An upload of 50,000 records may take a while; the caller's deadline still applies if set.
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(600);
+// The report of the largest upload always fits what the gateway decodes from the registry
+// (`backends.rs` decodes up to `MAX_MESSAGE_BYTES`), so an applied upload's answer is never lost
+// on this hop; it fits a stock client's 4 MiB on the next.
+const _: () = assert!(requests::MAX_UPLOAD_REPORT_BYTES <= platform::server::MAX_MESSAGE_BYTES);
+
+/// Re-batches an upload's records into the messages relayed to the registry: in order, every
+/// message under the upload's id, each at most [`RELAY_BATCH`] records and
+/// [`RELAY_BATCH_BYTES`] of encoded records (a single record larger than that goes alone: a
+/// record cannot be split, and the client's message limit bounds it). Client messages are
+/// checked by [`UploadStream`] before they reach it.
+struct UploadBatches {
+    upload_id: String,
+    records: Vec<pb::FlagRecord>,
+    bytes: usize,
+    relayed_any: bool,
+}
+
+impl UploadBatches {
+    fn new(upload_id: String) -> Self {
+        UploadBatches {
+            upload_id,
+            records: Vec::new(),
+            bytes: 0,
+            relayed_any: false,
+        }
+    }
+
+    /// Takes the next client message; returns the batches it filled, to relay now.
+    fn push(&mut self, message: pb::UploadFlagsRequest) -> Vec<pb::UploadFlagsRequest> {
+        let mut full = Vec::new();
+        for record in message.records {
+            // As it will weigh in the relayed message: tag, length, record.
+            let size = requests::encoded_record_bytes(&record);
+            if !self.records.is_empty()
+                && (self.records.len() >= RELAY_BATCH || self.bytes + size > RELAY_BATCH_BYTES)
+            {
+                full.push(self.take());
+            }
+            self.bytes += size;
+            self.records.push(record);
+        }
+        full
+    }
+
+    /// Whether records wait to be relayed.
+    fn pending(&self) -> bool {
+        !self.records.is_empty()
+    }
+
+    /// The records waiting, as one message (for [`RELAY_LINGER`]), if any.
+    fn flush(&mut self) -> Option<pb::UploadFlagsRequest> {
+        self.pending().then(|| self.take())
+    }
+
+    /// The client's stream ended cleanly: the last batch; or, if nothing was relayed at all,
+    /// one message without records, so the registry itself refuses an upload of none.
+    fn finish(mut self) -> Option<pb::UploadFlagsRequest> {
+        (self.pending() || !self.relayed_any).then(|| self.take())
+    }
+
+    fn take(&mut self) -> pb::UploadFlagsRequest {
+        self.relayed_any = true;
+        self.bytes = 0;
+        pb::UploadFlagsRequest {
+            upload_id: self.upload_id.clone(),
+            records: std::mem::take(&mut self.records),
+        }
+    }
+}
 
 /// The registry's request stream: the client's messages, then, unless the client's stream
 /// ended cleanly, the poison message that makes the registry reject the upload whole.
@@ -361,24 +441,49 @@ impl Core {
         tokio::pin!(call);
 
         let pump = async move {
-            let mut batch = first;
+            let mut batches = UploadBatches::new(first.upload_id.clone());
+            let mut ready = batches.push(first);
+            let mut linger_until = None;
             loop {
-                match inbound.message().await {
+                let relayed = !ready.is_empty();
+                for batch in ready.drain(..) {
+                    if tx.send(batch).await.is_err() {
+                        return Ok(()); // the registry answered early; its answer says why
+                    }
+                }
+                // Records left waiting start the linger clock; relaying a batch restarts it.
+                linger_until = match (batches.pending(), linger_until) {
+                    (false, _) => None,
+                    (true, Some(at)) if !relayed => Some(at),
+                    (true, _) => Some(tokio::time::Instant::now() + RELAY_LINGER),
+                };
+                let next = match linger_until {
+                    Some(at) => match tokio::time::timeout_at(at, inbound.message()).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            ready.extend(batches.flush());
+                            continue;
+                        }
+                    },
+                    None => inbound.message().await,
+                };
+                match next {
                     Ok(Some(message)) => {
                         checked.message(&message)?;
-                        if batch.records.len() + message.records.len() > RELAY_BATCH {
-                            let full = std::mem::replace(&mut batch, message);
-                            if tx.send(full).await.is_err() {
-                                return Ok(()); // the registry answered early; its answer says why
-                            }
-                        } else {
-                            batch.records.extend(message.records);
-                        }
+                        ready = batches.push(message);
                     }
                     Ok(None) => {
-                        if tx.send(batch).await.is_ok() {
-                            clean.store(true, Ordering::Release);
+                        // HTTP/2 servers read a caller's RST_STREAM(NO_ERROR) as the body's
+                        // end. Yielding once lets hyper, which checks for a reset whenever this
+                        // handler is pending, drop it before the registry is told the upload is
+                        // whole.
+                        tokio::task::yield_now().await;
+                        if let Some(last) = batches.finish()
+                            && tx.send(last).await.is_err()
+                        {
+                            return Ok(());
                         }
+                        clean.store(true, Ordering::Release);
                         return Ok::<(), Error>(());
                     }
                     Err(status) => {
@@ -463,7 +568,117 @@ impl Core {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    fn record(i: usize, email_bytes: usize) -> pb::FlagRecord {
+        pb::FlagRecord {
+            nhs_number: format!("{i:010}"),
+            email: "e".repeat(email_bytes),
+            ..Default::default()
+        }
+    }
+
+    fn message(records: Vec<pb::FlagRecord>) -> pb::UploadFlagsRequest {
+        pb::UploadFlagsRequest {
+            upload_id: "u".into(),
+            records,
+        }
+    }
+
+    /// Relays client messages of these sizes (records of `email_bytes` each): every message
+    /// relayed, the last included.
+    fn relayed(sizes: &[usize], email_bytes: usize) -> Vec<pb::UploadFlagsRequest> {
+        let mut batches = UploadBatches::new("u".into());
+        let mut out = Vec::new();
+        let mut next = 0;
+        for &n in sizes {
+            let records = (next..next + n).map(|i| record(i, email_bytes)).collect();
+            next += n;
+            out.extend(batches.push(message(records)));
+        }
+        out.extend(batches.finish());
+        out
+    }
+
+    fn records_bytes(m: &pb::UploadFlagsRequest) -> usize {
+        m.records.iter().map(requests::encoded_record_bytes).sum()
+    }
+
+    /// Every record once, in the order sent, each relayed message under the upload's id.
+    fn assert_in_order(out: &[pb::UploadFlagsRequest], total: usize) {
+        let numbers: Vec<String> = out
+            .iter()
+            .flat_map(|m| m.records.iter().map(|r| r.nhs_number.clone()))
+            .collect();
+        let sent: Vec<String> = (0..total).map(|i| format!("{i:010}")).collect();
+        assert_eq!(numbers, sent);
+        assert!(out.iter().all(|m| m.upload_id == "u"));
+    }
+
+    #[test]
+    fn relayed_messages_hold_at_most_relay_batch_records_and_relay_batch_bytes() {
+        // Small records: the count binds. Records of about 100 KB: the bytes bind.
+        for (email_bytes, sizes) in [(10, vec![5_000, 5_000, 1]), (100_000, vec![50, 7, 1])] {
+            let out = relayed(&sizes, email_bytes);
+            let total = sizes.iter().sum();
+            assert_in_order(&out, total);
+            for m in &out {
+                assert!(m.records.len() <= RELAY_BATCH, "{}", m.records.len());
+                assert!(
+                    records_bytes(m) <= RELAY_BATCH_BYTES,
+                    "{}",
+                    records_bytes(m)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_large_client_message_is_split_and_small_ones_are_joined() {
+        let out = relayed(&[5_000], 10);
+        let sizes: Vec<usize> = out.iter().map(|m| m.records.len()).collect();
+        assert_eq!(sizes, [1_000; 5]);
+        // 5,000 records at the fields' maxima weigh about 2 MB: split by bytes as well.
+        let heavy = relayed(&[5_000], 254);
+        assert!(heavy.len() >= 5);
+        assert!(heavy.iter().all(|m| records_bytes(m) <= RELAY_BATCH_BYTES));
+        // A record a message: joined into full batches, not relayed one by one.
+        let out = relayed(&[1; 2_500], 10);
+        let sizes: Vec<usize> = out.iter().map(|m| m.records.len()).collect();
+        assert_eq!(sizes, [1_000, 1_000, 500]);
+        assert_in_order(&out, 2_500);
+    }
+
+    #[test]
+    fn a_record_larger_than_the_byte_bound_travels_alone() {
+        let mut batches = UploadBatches::new("u".into());
+        let big = record(1, RELAY_BATCH_BYTES + 1);
+        let out = batches.push(message(vec![record(0, 10), big, record(2, 10)]));
+        let sizes: Vec<usize> = out.iter().map(|m| m.records.len()).collect();
+        assert_eq!(sizes, [1, 1], "the small one before it, then it alone");
+        assert_eq!(batches.finish().unwrap().records.len(), 1);
+    }
+
+    #[test]
+    fn an_upload_of_no_records_still_reaches_the_registry_once_to_be_refused() {
+        let out = relayed(&[0, 0], 10);
+        assert_eq!(out.len(), 1);
+        assert!(out[0].records.is_empty() && out[0].upload_id == "u");
+        // Once records were relayed, the end adds no empty message.
+        assert_eq!(relayed(&[1_000], 10).len(), 1);
+    }
+
+    #[test]
+    fn records_waiting_in_a_batch_can_be_relayed_before_it_fills() {
+        let mut batches = UploadBatches::new("u".into());
+        assert!(batches.flush().is_none());
+        assert!(batches.push(message(vec![record(0, 10)])).is_empty());
+        assert!(batches.pending());
+        assert_eq!(batches.flush().unwrap().records.len(), 1);
+        assert!(!batches.pending());
+        assert!(batches.finish().is_none(), "all relayed already");
+    }
 
     fn span(first: u64, last: u64, count: u64) -> Option<pb::WatchDelivery> {
         Some(pb::WatchDelivery {

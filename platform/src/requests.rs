@@ -19,6 +19,66 @@ pub const MAX_REQUEST_ID_BYTES: usize = 128;
 pub const MAX_UPLOAD_ID_CHARS: usize = 128;
 pub const MAX_RECORDS_PER_MESSAGE: usize = 5_000;
 pub const MAX_RECORDS_PER_UPLOAD: u64 = 50_000;
+
+// The longest each `FlagRecord` string may be, in bytes (types.proto states them). A longer
+// value refuses its record (a record code, judged by flag-service), not the stream; what the
+// maxima are for is sizing the upload message and everything derived from it. Every valid value
+// is ASCII, so bytes and characters agree for them.
+/// 10 digits with spaces between them, and room for padding a fixed-width export adds.
+pub const MAX_RECORD_NHS_NUMBER_BYTES: usize = 32;
+/// Exactly `YYYY-MM-DD`.
+pub const MAX_RECORD_DATE_BYTES: usize = 10;
+/// At most 15 digits, one `+`, and spaces: room for one between every two digits.
+pub const MAX_RECORD_PHONE_BYTES: usize = 32;
+/// RFC 5321's longest forward path less its angle brackets.
+pub const MAX_RECORD_EMAIL_BYTES: usize = 254;
+
+/// Bytes a length-delimited field takes on the wire: a one-byte tag, the length, the value.
+const fn delimited(len: usize) -> usize {
+    let mut varint = 1;
+    let mut rest = len >> 7;
+    while rest > 0 {
+        varint += 1;
+        rest >>= 7;
+    }
+    1 + varint + len
+}
+
+/// The largest `FlagRecord` whose every field is within its maximum, encoded:
+/// nhs_number 1+1+32 = 34, flag_type 1+10 = 11 (a negative int32 takes ten bytes), three dates
+/// 3 x (1+1+10) = 36, two phones 2 x (1+1+32) = 68, email 1+2+254 = 257: 406 bytes.
+pub const MAX_FLAG_RECORD_BYTES: usize = delimited(MAX_RECORD_NHS_NUMBER_BYTES)
+    + (1 + 10)
+    + 3 * delimited(MAX_RECORD_DATE_BYTES)
+    + 2 * delimited(MAX_RECORD_PHONE_BYTES)
+    + delimited(MAX_RECORD_EMAIL_BYTES);
+
+/// The largest `UploadFlagsRequest` of records within their maxima: 5,000 records of
+/// 1+2+406 = 409 bytes each (tag, length, record) and an upload_id of 128 four-byte characters
+/// (1+2+512 = 515): 2,045,515 bytes, under 2 MiB.
+pub const MAX_UPLOAD_MESSAGE_ENCODED_BYTES: usize =
+    MAX_RECORDS_PER_MESSAGE * delimited(MAX_FLAG_RECORD_BYTES) + delimited(MAX_UPLOAD_ID_CHARS * 4);
+
+/// What the gateway accepts as one upload message: the largest legitimate one, rounded up to
+/// 2 MiB. A message of 5,000 records over their maxima may be refused whole
+/// (`MESSAGE_TOO_LARGE`); sent in smaller messages, each such record gets its record code.
+pub const MAX_UPLOAD_MESSAGE_BYTES: usize = 2 * 1024 * 1024;
+const _: () = assert!(MAX_UPLOAD_MESSAGE_ENCODED_BYTES <= MAX_UPLOAD_MESSAGE_BYTES);
+
+/// What one record weighs in an `UploadFlagsRequest`: its tag, its length and itself (for
+/// bounding relayed messages in bytes).
+pub fn encoded_record_bytes(record: &pb::FlagRecord) -> usize {
+    prost::encoding::message::encoded_len(2, record)
+}
+
+/// An upload's report fits the 4 MiB that stock gRPC clients receive by default, for the
+/// largest upload, so its answer always reaches the caller (and a resend always gets it back).
+pub const MAX_UPLOAD_REPORT_BYTES: usize = 4 * 1024 * 1024;
+/// A `RecordResult` echoes at most this much of the record's NHS number (a valid one is 10
+/// digits; a refused one is cut, on a character boundary).
+pub const MAX_RESULT_NHS_NUMBER_BYTES: usize = 16;
+/// A `RecordResult`'s message is a short fixed text naming the field; never longer than this.
+pub const MAX_RESULT_MESSAGE_BYTES: usize = 48;
 pub const MAX_REASON_CHARS: usize = 500;
 pub const MAX_ORGANISATION_NAME_CHARS: usize = 200;
 pub const MAX_SAN_BYTES: usize = 255;
@@ -678,6 +738,39 @@ mod tests {
             records: vec![],
         };
         assert!(stream.message(&poisoned).is_err());
+    }
+
+    /// Every field of a `FlagRecord` at its maximum (all named: a field added to the proto must
+    /// be given a maximum here before this compiles).
+    fn maximal_record() -> pb::FlagRecord {
+        pb::FlagRecord {
+            nhs_number: "9".repeat(MAX_RECORD_NHS_NUMBER_BYTES),
+            flag_type: i32::MIN,
+            start_date: "2025-01-01".into(),
+            end_date: "2025-01-01".into(),
+            due_date: "2025-01-01".into(),
+            emergency_phone: "1".repeat(MAX_RECORD_PHONE_BYTES),
+            office_hours_phone: "1".repeat(MAX_RECORD_PHONE_BYTES),
+            email: "e".repeat(MAX_RECORD_EMAIL_BYTES),
+        }
+    }
+
+    #[test]
+    fn the_upload_message_bound_is_the_largest_message_of_records_within_their_maxima() {
+        use prost::Message;
+        let record = maximal_record();
+        assert_eq!(record.start_date.len(), MAX_RECORD_DATE_BYTES);
+        assert_eq!(record.encoded_len(), MAX_FLAG_RECORD_BYTES);
+        let message = pb::UploadFlagsRequest {
+            upload_id: "\u{10FFFF}".repeat(MAX_UPLOAD_ID_CHARS),
+            records: vec![record; MAX_RECORDS_PER_MESSAGE],
+        };
+        assert_eq!(message.encoded_len(), MAX_UPLOAD_MESSAGE_ENCODED_BYTES);
+        assert_eq!(encoded_record_bytes(&message.records[0]), 409);
+        assert_eq!(MAX_UPLOAD_MESSAGE_ENCODED_BYTES, 2_045_515);
+        assert!(message.encoded_len() <= MAX_UPLOAD_MESSAGE_BYTES);
+        // And it is a message the stream rules accept.
+        assert_eq!(UploadStream::default().message(&message).unwrap(), 0);
     }
 
     proptest! {

@@ -926,3 +926,86 @@ async fn an_upload_its_caller_abandons_applies_nothing() {
     assert_eq!(whole.results[0].code(), pb::RecordCode::Accepted);
     assert_eq!(flags_held(&a, &a.la).await, 1);
 }
+
+/// The largest record the fields' maxima allow that is still refused: a spaced NHS number
+/// padded to 32 bytes (echoed as sent, cut to 16), every date, phone and the email at their
+/// maxima, and an office-hours phone of 32 bytes that is not a phone number. Before the report
+/// was bounded, 50,000 of these made a report of about 6 MB.
+fn maximal_refused_record() -> pb::FlagRecord {
+    let email = format!(
+        "{}@{}.{}.{}",
+        "l".repeat(64),
+        "a".repeat(63),
+        "b".repeat(63),
+        "c".repeat(61)
+    );
+    pb::FlagRecord {
+        nhs_number: format!("{:<32}", "943 476 5919"),
+        flag_type: pb::FlagType::Ucpp.into(),
+        start_date: "2025-01-01".into(),
+        end_date: "2025-02-01".into(),
+        due_date: "2025-09-01".into(),
+        emergency_phone: format!("{:<32}", "+44 20 7364 4079"),
+        office_hours_phone: "0207-364-4079/0207-364-4080 ext9".into(),
+        email,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_upload_report_is_always_deliverable() {
+    use prost::Message;
+    let a = started(&[]).await;
+    // 50,000 records, 5,000 per message (each message near the 2 MiB limit): the first
+    // flags the child, every other one is refused with a 16-byte echo and a message.
+    let child = child();
+    let mut records = vec![maximal_refused_record(); 50_000];
+    records[0] = episode(child.as_str(), "2024-01-01");
+    let upload_id = format!("largest-{}", "x".repeat(120));
+    let messages: Vec<pb::UploadFlagsRequest> = records
+        .chunks(5_000)
+        .map(|chunk| pb::UploadFlagsRequest {
+            upload_id: upload_id.clone(),
+            records: chunk.to_vec(),
+        })
+        .collect();
+    assert!(messages.iter().all(|m| m.encoded_len() <= 2 * 1024 * 1024));
+    let channel = a.sys.channel();
+    let send = || {
+        let (messages, la, channel) = (messages.clone(), a.la.clone(), channel.clone());
+        async move {
+            let mut request = with_token(tokio_stream::iter(messages), &la);
+            request.set_timeout(Duration::from_secs(300));
+            // A stock client: tonic's default 4 MiB receive limit, stated.
+            LocalAuthorityClient::new(channel)
+                .max_decoding_message_size(4 * 1024 * 1024)
+                .upload_flags(request)
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let report = send()
+        .await
+        .unwrap_or_else(|status| panic!("{status:?}\n{}", a.sys.log("flag-service")));
+    assert_eq!(report.results.len(), 50_000);
+    assert_eq!(report.status(), pb::UploadStatus::Partial);
+    assert_eq!((report.accepted, report.rejected), (1, 49_999));
+    assert!(
+        report.encoded_len() <= 4 * 1024 * 1024,
+        "{}",
+        report.encoded_len()
+    );
+    for (i, r) in report.results.iter().enumerate() {
+        assert_eq!(r.index as usize, i);
+        if i > 0 {
+            assert_eq!(r.code(), pb::RecordCode::InvalidField);
+            assert_eq!(r.nhs_number, "943 476 5919    ", "as sent, cut to 16 bytes");
+            assert!(r.message.starts_with("office_hours_phone") && r.message.len() <= 48);
+        }
+    }
+    // Applied, and told so: the child is flagged.
+    assert!(a.lookup().await.unwrap().flagged);
+    // A resend with the same upload_id gets the same report, again within a stock client's
+    // limit.
+    let again = send().await.unwrap();
+    assert_eq!(again, report);
+}

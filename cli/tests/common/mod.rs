@@ -222,7 +222,10 @@ pub async fn wait_until_serving(addr: std::net::SocketAddr) {
                 break;
             }
         }
-        assert!(serving, "the gateway on {addr} never became ready ({service:?})");
+        assert!(
+            serving,
+            "the gateway on {addr} never became ready ({service:?})"
+        );
     }
 }
 

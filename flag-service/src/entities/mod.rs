@@ -7,4 +7,5 @@ pub mod notification;
 pub mod outbox;
 pub mod restriction;
 pub mod upload;
+pub mod upload_attempt;
 pub mod upload_staging;

@@ -8,4 +8,5 @@ mod crash;
 mod flags;
 mod outbox;
 mod restrictions;
+mod upload_bounds;
 mod uploads;
