@@ -3,7 +3,7 @@
 //! sent), 3 the service is unavailable (retry later), 4 the call worked but reports a problem
 //! (an upload with rejected records, an audit log that does not verify).
 
-use crate::upload_csv::CsvProblem;
+use crate::upload_csv::CsvProblems;
 use platform::domain::{Activity, DenyReason};
 use std::fmt::Write as _;
 use tonic::{Code, Status};
@@ -25,7 +25,7 @@ pub enum Failure {
     /// Bad arguments or local input; nothing was sent.
     Usage(String),
     /// A malformed upload file; nothing was sent.
-    Csv(Vec<CsvProblem>),
+    Csv(CsvProblems),
     /// The server answered with an error; `needs` is the activity the call requires, to say
     /// which one a MISSING_ACTIVITY refusal is about.
     Refused {
@@ -96,21 +96,18 @@ impl From<anyhow::Error> for Failure {
 /// At most this many problems are listed; a binary file would otherwise print thousands.
 const CSV_PROBLEMS_SHOWN: usize = 50;
 
-fn render_csv(problems: &[CsvProblem]) -> String {
+fn render_csv(problems: &CsvProblems) -> String {
     let mut out = format!(
         "cpis: the file is not a valid upload file ({} problem{}); nothing was sent:\n",
-        problems.len(),
-        if problems.len() == 1 { "" } else { "s" }
+        problems.total,
+        if problems.total == 1 { "" } else { "s" }
     );
-    for p in problems.iter().take(CSV_PROBLEMS_SHOWN) {
+    for p in problems.first.iter().take(CSV_PROBLEMS_SHOWN) {
         let _ = writeln!(out, "  {p}");
     }
-    if problems.len() > CSV_PROBLEMS_SHOWN {
-        let _ = writeln!(
-            out,
-            "  ... and {} more",
-            problems.len() - CSV_PROBLEMS_SHOWN
-        );
+    let shown = problems.first.len().min(CSV_PROBLEMS_SHOWN) as u64;
+    if problems.total > shown {
+        let _ = writeln!(out, "  ... and {} more", problems.total - shown);
     }
     out.trim_end().to_owned()
 }
@@ -229,17 +226,22 @@ mod tests {
 
     #[test]
     fn csv_problems_exit_2_and_are_capped() {
-        let problems: Vec<CsvProblem> = (1..=60)
-            .map(|line| CsvProblem {
-                line,
-                message: "bad".into(),
-            })
-            .collect();
+        // A file of 1,000 bad lines keeps only the first problems, and counts the rest.
+        let problems = CsvProblems {
+            first: (1..=100)
+                .map(|line| crate::upload_csv::CsvProblem {
+                    line,
+                    message: "bad".into(),
+                })
+                .collect(),
+            total: 1000,
+        };
         let failure = Failure::Csv(problems);
         assert_eq!(failure.exit_code(), EXIT_USAGE);
         let text = failure.render();
         assert!(text.contains("line 50: bad"));
         assert!(!text.contains("line 51: bad"));
-        assert!(text.contains("and 10 more"));
+        assert!(text.contains("(1000 problems)"), "{text}");
+        assert!(text.contains("and 950 more"), "{text}");
     }
 }

@@ -1,12 +1,14 @@
 //! The upload file (API.md "The command line"): its structure is checked here, before anything
 //! is sent, so that a malformed file is reported whole with line numbers and no half-sent
-//! upload. Values are not judged here: the server answers them as record codes. Pure: no I/O,
-//! no panics (it is fuzzed).
+//! upload. Values are not judged here: the server answers them as record codes. The file is
+//! read as a stream, one record at a time ([`UploadReader`]), so checking or sending a file of
+//! any size holds one record, not the file. No I/O of its own and no panics (it is fuzzed).
 
 use cpis_proto::gateway::FlagRecord;
 // The domain crate directly (platform re-exports the same type): this module is also built
 // alone by the fuzz target `upload_csv`.
 use cpis_domain::FlagType;
+use std::io::Read;
 
 /// The header an upload file must start with, exactly.
 pub const HEADER: [&str; 8] = [
@@ -23,6 +25,18 @@ pub const HEADER: [&str; 8] = [
 /// The most records one upload may carry (the server refuses more).
 pub const MAX_RECORDS: usize = 50_000;
 
+/// The most problems kept (the first by line); the rest are counted. A binary file would
+/// otherwise hold one for each of its lines.
+pub const MAX_PROBLEMS_KEPT: usize = 100;
+
+/// The longest a record may be, quoting included. The largest legitimate one is well under 2
+/// KiB; without a bound, a quote never closed (or a file without line ends) would be read into
+/// memory whole as one field.
+pub const MAX_RECORD_BYTES: usize = 64 * 1024;
+
+/// What the `csv` reader buffers by default; [`UploadReader::with_buffer_capacity`] changes it.
+const DEFAULT_BUFFER: usize = 8 * 1024;
+
 /// One structural problem, at a 1-based line of the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CsvProblem {
@@ -36,6 +50,44 @@ impl std::fmt::Display for CsvProblem {
     }
 }
 
+/// Every structural problem of a file: the first [`MAX_PROBLEMS_KEPT`] by line, and how many
+/// there are in all.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CsvProblems {
+    /// In line order (problems on one line in the order they were found).
+    pub first: Vec<CsvProblem>,
+    /// At least `first.len()`.
+    pub total: u64,
+}
+
+impl CsvProblems {
+    fn push(&mut self, problem: CsvProblem) {
+        self.total += 1;
+        self.first.push(problem);
+        // Trimmed now and then rather than at every push: a stable sort keeps the order of
+        // problems found on one line, and what is dropped can never be among the first.
+        if self.first.len() >= 2 * MAX_PROBLEMS_KEPT {
+            self.trim();
+        }
+    }
+
+    fn trim(&mut self) {
+        self.first.sort_by_key(|p| p.line);
+        self.first.truncate(MAX_PROBLEMS_KEPT);
+    }
+
+    /// `sources` in order: on one line, a problem of an earlier source comes first.
+    fn merged(sources: [CsvProblems; 3]) -> CsvProblems {
+        let mut all = CsvProblems::default();
+        for source in sources {
+            all.total += source.total;
+            all.first.extend(source.first);
+        }
+        all.trim();
+        all
+    }
+}
+
 /// A record and the line it starts on, so a server's verdict can point back into the file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LocatedRecord {
@@ -43,99 +95,446 @@ pub struct LocatedRecord {
     pub record: FlagRecord,
 }
 
-/// The records of a well-formed file, or every structural problem found.
+/// The records of a well-formed file, or its structural problems (the first
+/// [`MAX_PROBLEMS_KEPT`]).
 pub fn parse_upload_csv(bytes: &[u8]) -> Result<Vec<FlagRecord>, Vec<CsvProblem>> {
     parse_located(bytes).map(|records| records.into_iter().map(|r| r.record).collect())
 }
 
 /// As [`parse_upload_csv`], keeping each record's line.
 pub fn parse_located(bytes: &[u8]) -> Result<Vec<LocatedRecord>, Vec<CsvProblem>> {
-    // Spreadsheets save CSV with a byte-order mark; it is not part of the header.
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    let (mut problems, unterminated_from) = quoting_problems(bytes);
-
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(bytes);
-    let mut records = Vec::new();
-    let mut saw_header = false;
-    let mut raw = csv::ByteRecord::new();
-    loop {
-        let line = reader.position().line();
-        match reader.read_byte_record(&mut raw) {
-            Ok(false) => break,
-            Ok(true) => {}
-            Err(e) => {
-                problems.push(CsvProblem {
-                    line,
-                    message: format!("unreadable: {e}"),
-                });
-                break;
-            }
-        }
-        let line = raw.position().map_or(line, |p| p.line());
-        if unterminated_from.is_some_and(|from| line >= from) {
-            // Everything after an unclosed quote is one runaway field: already reported.
-            break;
-        }
-        if !saw_header {
-            saw_header = true;
-            check_header(&raw, line, &mut problems);
-            continue;
-        }
-        match to_record(&raw, line) {
-            Ok(record) => records.push(LocatedRecord { line, record }),
-            Err(problem) => problems.push(problem),
-        }
-    }
-
-    if !saw_header {
-        problems.push(CsvProblem {
-            line: 1,
-            message: format!(
-                "the file is empty: it must start with the header `{}`",
-                HEADER.join(",")
-            ),
-        });
-    } else if records.is_empty() && problems.is_empty() {
-        problems.push(CsvProblem {
-            line: 2,
-            message: "the file has a header but no records".into(),
-        });
-    }
-    if records.len() > MAX_RECORDS {
-        let line = records.get(MAX_RECORDS).map_or(0, |r| r.line);
-        problems.push(CsvProblem {
-            line,
-            message: format!(
-                "the file has {} records; one upload may carry at most {MAX_RECORDS}: split it",
-                records.len()
-            ),
-        });
-    }
-    if problems.is_empty() {
-        Ok(records)
-    } else {
-        problems.sort_by_key(|p| p.line);
-        Err(problems)
+    let mut reader = UploadReader::new(bytes);
+    let records: Vec<LocatedRecord> = reader.by_ref().collect();
+    match reader.finish().0 {
+        Ok(_) => Ok(records),
+        Err(problems) => Err(problems.first),
     }
 }
 
-fn check_header(raw: &csv::ByteRecord, line: u64, problems: &mut Vec<CsvProblem>) {
+/// Reads an upload file from `R` one record at a time, checking its structure as it goes:
+/// iterate for the well-formed records (a malformed one is a problem, not an item), then
+/// [`UploadReader::finish`] says whether the file as a whole is well formed. Records come out
+/// as they are read, before the end of the file is known: a caller that sends them must not
+/// let the upload take effect unless `finish` returns `Ok`.
+pub struct UploadReader<R> {
+    csv: csv::Reader<Watched<R>>,
+    raw: csv::ByteRecord,
+    /// Records the `csv` reader returned, the header included.
+    arrived: u64,
+    /// The outcome of the records on the last lines, by line, not yet decided: if a quote
+    /// opened on or before a line is never closed, everything from there on is one runaway
+    /// field, already reported. Decided once the quoting check has read past the line outside
+    /// any quote opened by then (bounded: no quoted field is longer than a record may be), or
+    /// at the end.
+    held: std::collections::VecDeque<LineOutcome>,
+    saw_header: bool,
+    /// Well-formed records, and the line of the first one past [`MAX_RECORDS`].
+    records: u64,
+    first_excess_line: Option<u64>,
+    problems: CsvProblems,
+    /// Why reading stopped early, reported after the pending records' problems.
+    read_error: Option<CsvProblem>,
+    ended: bool,
+}
+
+/// What the records starting on one line amount to (the `csv` reader also ends a record at a
+/// lone carriage return, so one line may start several).
+#[derive(Default)]
+struct LineOutcome {
+    line: u64,
+    header: bool,
+    records: u64,
+    problems: CsvProblems,
+}
+
+impl<R: Read> UploadReader<R> {
+    pub fn new(reader: R) -> Self {
+        Self::with_buffer_capacity(reader, DEFAULT_BUFFER)
+    }
+
+    /// With the `csv` reader buffering `capacity` bytes at a time: what it holds of the file
+    /// besides the current record.
+    pub fn with_buffer_capacity(reader: R, capacity: usize) -> Self {
+        let csv = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .buffer_capacity(capacity.max(1))
+            .from_reader(Watched::new(reader));
+        UploadReader {
+            csv,
+            raw: csv::ByteRecord::new(),
+            arrived: 0,
+            held: std::collections::VecDeque::new(),
+            saw_header: false,
+            records: 0,
+            first_excess_line: None,
+            problems: CsvProblems::default(),
+            read_error: None,
+            ended: false,
+        }
+    }
+
+    /// The next well-formed record; `None` at the end of the file (or where it stopped being
+    /// readable).
+    pub fn next_record(&mut self) -> Option<LocatedRecord> {
+        while !self.ended {
+            let line = self.csv.position().line();
+            match self.csv.read_byte_record(&mut self.raw) {
+                Ok(true) => {}
+                Ok(false) => self.ended = true,
+                Err(e) => {
+                    self.read_error = Some(match self.csv.get_ref().quoting.too_long {
+                        Some(start) => CsvProblem {
+                            line: start,
+                            message: format!(
+                                "the record starting on this line is longer than \
+                                 {MAX_RECORD_BYTES} bytes (is a quoted field never closed?); \
+                                 the rest of the file was not read"
+                            ),
+                        },
+                        None => CsvProblem {
+                            line,
+                            message: format!("unreadable: {e}"),
+                        },
+                    });
+                    self.ended = true;
+                }
+            }
+            if self.ended {
+                break;
+            }
+            let line = self.raw.position().map_or(line, |p| p.line());
+            self.decide_held();
+            if self.held.back().is_none_or(|last| last.line != line) {
+                self.held.push_back(LineOutcome {
+                    line,
+                    ..LineOutcome::default()
+                });
+            }
+            let Some(outcome) = self.held.back_mut() else {
+                continue;
+            };
+            self.arrived += 1;
+            if self.arrived == 1 {
+                outcome.header = true;
+                if let Some(problem) = header_problem(&self.raw, line) {
+                    outcome.problems.push(problem);
+                }
+                continue;
+            }
+            match to_record(&self.raw, line) {
+                Ok(record) => {
+                    outcome.records += 1;
+                    return Some(LocatedRecord { line, record });
+                }
+                Err(problem) => outcome.problems.push(problem),
+            }
+        }
+        None
+    }
+
+    /// Commits the held lines no quote still open can run away from.
+    fn decide_held(&mut self) {
+        while let Some(first) = self.held.front()
+            && self.csv.get_ref().quoting.read_past(first.line)
+            && let Some(first) = self.held.pop_front()
+        {
+            self.commit(first);
+        }
+    }
+
+    fn commit(&mut self, outcome: LineOutcome) {
+        self.saw_header |= outcome.header;
+        let before = self.records;
+        self.records += outcome.records;
+        if before <= MAX_RECORDS as u64 && self.records > MAX_RECORDS as u64 {
+            self.first_excess_line = Some(outcome.line);
+        }
+        // Kept problems of one line are the first found on it: appended, they stay in order.
+        self.problems.total += outcome.problems.total - outcome.problems.first.len() as u64;
+        for problem in outcome.problems.first {
+            self.problems.push(problem);
+        }
+    }
+
+    /// Reads whatever is left and judges the file whole: the number of records, or every
+    /// problem. Also gives the reader back (to finish a hash of what was read, say).
+    pub fn finish(mut self) -> (Result<u64, CsvProblems>, R) {
+        while self.next_record().is_some() {}
+        let quoting = self.csv.get_mut().quoting.finish();
+        while let Some(outcome) = self.held.pop_front() {
+            let runaway = quoting
+                .unterminated_from
+                .is_some_and(|from| outcome.line >= from);
+            if !runaway {
+                self.commit(outcome);
+            }
+        }
+        if let Some(problem) = self.read_error.take() {
+            self.problems.push(problem);
+        }
+        let mut at_end = CsvProblems::default();
+        if !self.saw_header {
+            at_end.push(CsvProblem {
+                line: 1,
+                message: format!(
+                    "the file is empty: it must start with the header `{}`",
+                    HEADER.join(",")
+                ),
+            });
+        } else if self.records == 0 && self.problems.total == 0 && quoting.problems.total == 0 {
+            at_end.push(CsvProblem {
+                line: 2,
+                message: "the file has a header but no records".into(),
+            });
+        }
+        if self.records > MAX_RECORDS as u64 {
+            at_end.push(CsvProblem {
+                line: self.first_excess_line.unwrap_or(0),
+                message: format!(
+                    "the file has {} records; one upload may carry at most {MAX_RECORDS}: split it",
+                    self.records
+                ),
+            });
+        }
+        // The quoting problems first, as when the whole file was scanned for them up front.
+        let problems = CsvProblems::merged([quoting.problems, self.problems, at_end]);
+        let reader = self.csv.into_inner().inner;
+        if problems.total == 0 {
+            (Ok(self.records), reader)
+        } else {
+            (Err(problems), reader)
+        }
+    }
+}
+
+impl<R: Read> Iterator for UploadReader<R> {
+    type Item = LocatedRecord;
+
+    fn next(&mut self) -> Option<LocatedRecord> {
+        self.next_record()
+    }
+}
+
+/// The bytes on their way to the `csv` reader: a leading byte-order mark dropped (spreadsheets
+/// save CSV with one; it is not part of the header) and every byte checked for quoting.
+struct Watched<R> {
+    inner: R,
+    /// The file's first bytes, read ahead to look for the byte-order mark.
+    head: [u8; 3],
+    head_len: usize,
+    head_pos: usize,
+    started: bool,
+    quoting: QuotingCheck,
+}
+
+const BYTE_ORDER_MARK: &[u8] = b"\xEF\xBB\xBF";
+
+impl<R: Read> Watched<R> {
+    fn new(inner: R) -> Self {
+        Watched {
+            inner,
+            head: [0; 3],
+            head_len: 0,
+            head_pos: 0,
+            started: false,
+            quoting: QuotingCheck::new(),
+        }
+    }
+
+    fn read_head(&mut self) -> std::io::Result<()> {
+        while self.head_len < self.head.len() {
+            match self.inner.read(&mut self.head[self.head_len..]) {
+                Ok(0) => break,
+                Ok(n) => self.head_len += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.head[..self.head_len] == *BYTE_ORDER_MARK {
+            self.head_len = 0;
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for Watched<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if !self.started {
+            self.started = true;
+            self.read_head()?;
+        }
+        let n = if self.head_pos < self.head_len {
+            let n = (self.head_len - self.head_pos).min(buf.len());
+            buf[..n].copy_from_slice(&self.head[self.head_pos..self.head_pos + n]);
+            self.head_pos += n;
+            n
+        } else {
+            self.inner.read(buf)?
+        };
+        if !self.quoting.feed(&buf[..n]) {
+            // Stops the `csv` reader before it buffers the runaway record.
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("a record longer than {MAX_RECORD_BYTES} bytes"),
+            ));
+        }
+        Ok(n)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum QuoteState {
+    FieldStart,
+    Unquoted,
+    Quoted { opened: u64 },
+    AfterQuote { opened: u64 },
+}
+
+/// RFC 4180 quoting, which the `csv` crate reads leniently: a quote inside an unquoted field,
+/// text after a closing quote, a quoted field never closed. Fed the file's bytes as they are
+/// read; also measures each record's length.
+struct QuotingCheck {
+    state: QuoteState,
+    line: u64,
+    last_reported: Option<u64>,
+    problems: CsvProblems,
+    /// Bytes since the last line end outside a quoted field, and the line that record began.
+    record_bytes: usize,
+    record_line: u64,
+    /// Set when a record grew past [`MAX_RECORD_BYTES`]: nothing more is read.
+    too_long: Option<u64>,
+}
+
+/// What the quoting check concluded at the end of the file.
+struct Quoting {
+    problems: CsvProblems,
+    /// The line of a quote never closed, past which nothing else can be read reliably.
+    unterminated_from: Option<u64>,
+}
+
+impl QuotingCheck {
+    fn new() -> Self {
+        QuotingCheck {
+            state: QuoteState::FieldStart,
+            line: 1,
+            last_reported: None,
+            problems: CsvProblems::default(),
+            record_bytes: 0,
+            record_line: 1,
+            too_long: None,
+        }
+    }
+
+    fn report(&mut self, message: &str) {
+        if self.last_reported != Some(self.line) {
+            self.last_reported = Some(self.line);
+            self.problems.push(CsvProblem {
+                line: self.line,
+                message: message.to_owned(),
+            });
+        }
+    }
+
+    /// Checks the next bytes of the file; false once a record is too long to read.
+    fn feed(&mut self, bytes: &[u8]) -> bool {
+        use QuoteState::{AfterQuote, FieldStart, Quoted, Unquoted};
+        if self.too_long.is_some() {
+            return false;
+        }
+        for &b in bytes {
+            self.state = match (self.state, b) {
+                (FieldStart, b'"') => Quoted { opened: self.line },
+                (FieldStart | Unquoted | AfterQuote { .. }, b',') => FieldStart,
+                (FieldStart | Unquoted | AfterQuote { .. }, b'\n') => {
+                    self.line += 1;
+                    FieldStart
+                }
+                (s @ (FieldStart | AfterQuote { .. }), b'\r') => s,
+                (Unquoted, b'"') => {
+                    self.report(
+                        "a quote inside an unquoted field: quote the whole field and double the \
+                         quotes inside it (\"say \"\"hello\"\"\")",
+                    );
+                    Unquoted
+                }
+                (FieldStart | Unquoted, _) => Unquoted,
+                (Quoted { opened }, b'"') => AfterQuote { opened },
+                (Quoted { opened }, b'\n') => {
+                    self.line += 1;
+                    Quoted { opened }
+                }
+                (s @ Quoted { .. }, _) => s,
+                (AfterQuote { opened }, b'"') => Quoted { opened },
+                (AfterQuote { .. }, _) => {
+                    self.report(
+                        "text after a closing quote: a quoted field must end at a comma or the \
+                         end of the line",
+                    );
+                    Unquoted
+                }
+            };
+            // The `csv` reader ends a record at either line-end byte outside quotes.
+            if matches!(b, b'\n' | b'\r') && !matches!(self.state, Quoted { .. }) {
+                self.record_bytes = 0;
+                self.record_line = self.line;
+            } else {
+                self.record_bytes += 1;
+                if self.record_bytes > MAX_RECORD_BYTES {
+                    self.too_long = Some(self.record_line);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Whether the check has read past `line` and is outside every quote opened up to it: a
+    /// quote never closed can then only have opened after it.
+    fn read_past(&self, line: u64) -> bool {
+        let open_since = match self.state {
+            QuoteState::Quoted { opened } | QuoteState::AfterQuote { opened } => Some(opened),
+            QuoteState::FieldStart | QuoteState::Unquoted => None,
+        };
+        self.line > line && open_since.is_none_or(|opened| opened > line)
+    }
+
+    fn finish(&mut self) -> Quoting {
+        let mut problems = std::mem::take(&mut self.problems);
+        let unterminated_from = match self.state {
+            // A record too long was reported as such: whether its quote closes is unknown.
+            QuoteState::Quoted { opened } if self.too_long.is_none() => {
+                problems.push(CsvProblem {
+                    line: opened,
+                    message: "a quoted field opened on this line is never closed".into(),
+                });
+                Some(opened)
+            }
+            _ => None,
+        };
+        Quoting {
+            problems,
+            unterminated_from,
+        }
+    }
+}
+
+fn header_problem(raw: &csv::ByteRecord, line: u64) -> Option<CsvProblem> {
     let found: Vec<String> = raw
         .iter()
         .map(|f| String::from_utf8_lossy(f).trim().to_owned())
         .collect();
     if found.iter().map(String::as_str).ne(HEADER) {
-        problems.push(CsvProblem {
+        Some(CsvProblem {
             line,
             message: format!(
                 "the header must be exactly `{}`; found `{}`",
                 HEADER.join(","),
                 found.join(",")
             ),
-        });
+        })
+    } else {
+        None
     }
 }
 
@@ -179,77 +578,6 @@ fn to_record(raw: &csv::ByteRecord, line: u64) -> Result<FlagRecord, CsvProblem>
         office_hours_phone: next(),
         email: next(),
     })
-}
-
-/// RFC 4180 quoting, which the `csv` crate reads leniently: a quote inside an unquoted field,
-/// text after a closing quote, a quoted field never closed. Returns the problems and the line
-/// of an unclosed quote, past which nothing else can be read reliably.
-fn quoting_problems(bytes: &[u8]) -> (Vec<CsvProblem>, Option<u64>) {
-    enum State {
-        FieldStart,
-        Unquoted,
-        Quoted { opened: u64 },
-        AfterQuote { opened: u64 },
-    }
-    let mut problems: Vec<CsvProblem> = Vec::new();
-    let mut report = |line: u64, message: &str| {
-        if problems.last().is_none_or(|p| p.line != line) {
-            problems.push(CsvProblem {
-                line,
-                message: message.to_owned(),
-            });
-        }
-    };
-    let mut line: u64 = 1;
-    let mut state = State::FieldStart;
-    for &b in bytes {
-        state = match (state, b) {
-            (State::FieldStart, b'"') => State::Quoted { opened: line },
-            (State::FieldStart | State::Unquoted | State::AfterQuote { .. }, b',') => {
-                State::FieldStart
-            }
-            (State::FieldStart | State::Unquoted | State::AfterQuote { .. }, b'\n') => {
-                line += 1;
-                State::FieldStart
-            }
-            (s @ (State::FieldStart | State::AfterQuote { .. }), b'\r') => s,
-            (State::Unquoted, b'"') => {
-                report(
-                    line,
-                    "a quote inside an unquoted field: quote the whole field and double the \
-                     quotes inside it (\"say \"\"hello\"\"\")",
-                );
-                State::Unquoted
-            }
-            (State::FieldStart | State::Unquoted, _) => State::Unquoted,
-            (State::Quoted { opened }, b'"') => State::AfterQuote { opened },
-            (State::Quoted { opened }, b'\n') => {
-                line += 1;
-                State::Quoted { opened }
-            }
-            (s @ State::Quoted { .. }, _) => s,
-            (State::AfterQuote { opened }, b'"') => State::Quoted { opened },
-            (State::AfterQuote { .. }, _) => {
-                report(
-                    line,
-                    "text after a closing quote: a quoted field must end at a comma or the end \
-                     of the line",
-                );
-                State::Unquoted
-            }
-        };
-    }
-    let unterminated = match state {
-        State::Quoted { opened } => {
-            problems.push(CsvProblem {
-                line: opened,
-                message: "a quoted field opened on this line is never closed".into(),
-            });
-            Some(opened)
-        }
-        _ => None,
-    };
-    (problems, unterminated)
 }
 
 /// Writes records as an upload file (header first): what `cpis demo-data` produces and what
@@ -385,6 +713,113 @@ mod tests {
         assert_eq!(lines_of(&problems), [MAX_RECORDS as u64 + 2]);
     }
 
+    /// Hands out at most a few bytes a read (the sizes cycling, so a read boundary falls
+    /// everywhere, inside the byte-order mark too) and counts what it handed out.
+    struct Trickle<'a> {
+        bytes: &'a [u8],
+        sizes: std::iter::Cycle<std::ops::RangeInclusive<usize>>,
+        given: std::rc::Rc<std::cell::Cell<usize>>,
+    }
+
+    impl<'a> Trickle<'a> {
+        fn new(bytes: &'a [u8], most: usize) -> (Self, std::rc::Rc<std::cell::Cell<usize>>) {
+            let given = std::rc::Rc::new(std::cell::Cell::new(0));
+            let reader = Trickle {
+                bytes,
+                sizes: (1..=most.max(1)).cycle(),
+                given: given.clone(),
+            };
+            (reader, given)
+        }
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self
+                .sizes
+                .next()
+                .unwrap_or(1)
+                .min(buf.len())
+                .min(self.bytes.len());
+            buf[..n].copy_from_slice(&self.bytes[..n]);
+            self.bytes = &self.bytes[n..];
+            self.given.set(self.given.get() + n);
+            Ok(n)
+        }
+    }
+
+    fn read_all<R: Read>(
+        mut reader: UploadReader<R>,
+    ) -> (Vec<LocatedRecord>, Result<u64, CsvProblems>) {
+        let records: Vec<LocatedRecord> = reader.by_ref().collect();
+        (records, reader.finish().0)
+    }
+
+    #[test]
+    fn a_large_file_is_read_incrementally_through_a_small_buffer() {
+        const RECORDS: usize = 40_000;
+        let row = "9434765919,cpp,2024-01-01,,,020 7364 4079,,duty@example.org\n";
+        let mut file = format!("\u{feff}{GOOD_HEADER}");
+        for _ in 0..RECORDS {
+            file.push_str(row);
+        }
+        let bytes = file.as_bytes();
+        let (trickle, given) = Trickle::new(bytes, 97);
+        let mut reader = UploadReader::with_buffer_capacity(trickle, 256);
+        let mut seen = 0;
+        while let Some(record) = reader.next_record() {
+            seen += 1;
+            assert_eq!(record.line, seen + 1);
+            assert_eq!(record.record.email, "duty@example.org");
+            // Never more read than the buffer (and one read) past this record's end.
+            let record_end = 3 + GOOD_HEADER.len() + seen as usize * row.len();
+            assert!(
+                given.get() <= record_end + 256 + 97,
+                "record {seen}: {} bytes read, the record ends at {record_end}",
+                given.get()
+            );
+        }
+        assert_eq!(seen, RECORDS as u64);
+        assert_eq!(reader.finish().0, Ok(RECORDS as u64));
+        assert_eq!(given.get(), bytes.len());
+    }
+
+    #[test]
+    fn problems_beyond_the_first_hundred_are_counted_not_kept() {
+        let mut file = GOOD_HEADER.to_owned();
+        for _ in 0..5_000 {
+            file.push_str("9434765919,cpp\n");
+        }
+        let problems = UploadReader::new(file.as_bytes()).finish().0.unwrap_err();
+        assert_eq!(problems.total, 5_000);
+        assert_eq!(problems.first.len(), MAX_PROBLEMS_KEPT);
+        assert_eq!(
+            lines_of(&problems.first),
+            (2..2 + MAX_PROBLEMS_KEPT as u64).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_record_past_the_maximum_length_stops_the_reading() {
+        // A quote never closed, then megabytes: read no further than the bound, say where.
+        let mut file = format!("{GOOD_HEADER}9434765919,cpp,2024-01-01,,,1,,\n9434765919,\"");
+        file.push_str(&"x,\n".repeat(1_000_000));
+        let (trickle, given) = Trickle::new(file.as_bytes(), 4096);
+        let problems = UploadReader::new(trickle).finish().0.unwrap_err();
+        assert_eq!(lines_of(&problems.first), [3]);
+        assert!(
+            problems.first[0]
+                .message
+                .contains("longer than 65536 bytes"),
+            "{problems:?}"
+        );
+        assert!(
+            given.get() < 2 * MAX_RECORD_BYTES,
+            "{} bytes read",
+            given.get()
+        );
+    }
+
     fn value() -> impl Strategy<Value = String> {
         "[a-zA-Z0-9 ,\"\n@.+\r-]{0,12}".prop_map(|s| s.trim().to_owned())
     }
@@ -419,6 +854,19 @@ mod tests {
             let with_header = format!("{GOOD_HEADER}{text}");
             let _ = parse_upload_csv(with_header.as_bytes());
             let _ = parse_upload_csv(text.as_bytes());
+        }
+
+        #[test]
+        fn how_the_file_is_read_in_pieces_changes_nothing(
+            text in "[a-z0-9,\"\r\n ]{0,400}",
+            most in 1..64usize,
+            buffer in 1..64usize,
+        ) {
+            let file = format!("{GOOD_HEADER}{text}");
+            let whole = UploadReader::new(file.as_bytes());
+            let (trickle, _) = Trickle::new(file.as_bytes(), most);
+            let pieces = UploadReader::with_buffer_capacity(trickle, buffer);
+            prop_assert_eq!(read_all(whole), read_all(pieces));
         }
 
         #[test]
