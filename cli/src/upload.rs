@@ -96,7 +96,7 @@ pub async fn run(args: UploadArgs) -> CliResult {
 
 /// What the first pass learned of a well-formed file: enough to send it and to point the
 /// server's verdicts back at lines, never the records themselves.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, PartialEq)]
 struct CheckedFile {
     /// The SHA-256 of the file's bytes: the default upload id, and how the second pass knows
     /// it read the same file.
@@ -188,11 +188,12 @@ enum Piece {
 
 /// Pass 2, on a blocking thread: reads the file again and sends its records in batches of
 /// `batch_size`. The end of the upload is sent only once the whole file was read and found
-/// the same as in pass 1 (its hash), since a clean end is what makes an upload take effect.
+/// the same as in pass 1 (the hash and number of records it found), since a clean end is
+/// what makes an upload take effect.
 fn read_batches(
     path: &Path,
     upload_id: &str,
-    checked: &CheckedFile,
+    (content_id, records): (&str, u64),
     batch_size: usize,
     to_send: &tokio::sync::mpsc::Sender<Piece>,
 ) -> CliResult<()> {
@@ -217,8 +218,8 @@ fn read_batches(
     }
     let (outcome, hashed) = reader.finish();
     let same = hashed.error.is_none()
-        && outcome.ok() == Some(checked.records)
-        && hashed.content_id() == checked.content_id;
+        && outcome.ok() == Some(records)
+        && hashed.content_id() == content_id;
     if !same {
         return Err(Failure::Other(anyhow::anyhow!(
             "{} changed while it was being sent; the upload was cancelled: run it again",
@@ -243,9 +244,11 @@ async fn send_file(
 ) -> CliResult<pb::UploadFlagsResponse> {
     let (to_send, pieces) = tokio::sync::mpsc::channel(BATCHES_AHEAD);
     let reading = {
-        let (path, upload_id, checked) = (path.to_owned(), upload_id.to_owned(), checked.clone());
+        let (path, upload_id) = (path.to_owned(), upload_id.to_owned());
+        let (content_id, records) = (checked.content_id.clone(), checked.records);
         tokio::task::spawn_blocking(move || {
-            read_batches(&path, &upload_id, &checked, batch_size, &to_send)
+            let expected = (content_id.as_str(), records);
+            read_batches(&path, &upload_id, expected, batch_size, &to_send)
         })
     };
     let messages = futures::stream::unfold(pieces, |mut pieces| async move {
@@ -409,7 +412,8 @@ mod tests {
     /// Pass 2 run to its end on `path`: the pieces it sent, and how it ended.
     fn second_pass(path: &Path, checked: &CheckedFile) -> (Vec<Piece>, CliResult<()>) {
         let (to_send, mut sent) = tokio::sync::mpsc::channel(1000);
-        let result = read_batches(path, "id", checked, 2, &to_send);
+        let expected = (checked.content_id.as_str(), checked.records);
+        let result = read_batches(path, "id", expected, 2, &to_send);
         drop(to_send);
         let mut pieces = Vec::new();
         while let Ok(piece) = sent.try_recv() {
