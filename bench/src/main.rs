@@ -6,8 +6,10 @@
 //!
 //! ```text
 //! cargo build --release --bins && target/release/cpis-bench run
+//! cargo build --release --bins && target/release/cpis-bench abuse
 //! ```
 
+mod abuse;
 mod cpu;
 mod dataset;
 mod echo;
@@ -40,6 +42,9 @@ struct Cli {
 enum Command {
     /// Load the dataset (unless already loaded) and measure every target.
     Run(Box<RunArgs>),
+    /// The figures docs/abuse.md quotes: memory for the largest upload, CPU and latency after
+    /// abandoned watches, lookups while token-less calls are held.
+    Abuse(Box<abuse::AbuseArgs>),
     /// The echo server the run starts (a process of its own, like every target).
     EchoServer {
         #[arg(long)]
@@ -184,6 +189,7 @@ fn main() -> Result<()> {
                 };
                 echo::serve(listen, tls).await
             }
+            Command::Abuse(args) => abuse::abuse(*args).await,
             Command::Run(args) => {
                 let args = *args;
                 let args = if args.smoke { args.smoke() } else { args };
@@ -576,7 +582,7 @@ async fn run(args: RunArgs) -> Result<()> {
     let args = &run.args;
     let dataset = &run.dataset;
     let mut report = Report {
-        generated_at: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+        generated_at: chrono_now(),
         machine: machine(),
         commit: commit(),
         command,
@@ -729,6 +735,10 @@ async fn start_dev(dir: &Path, work: &Path) -> Result<(targets::Process, SocketA
     )?;
     targets::wait_serving(addr, None).await?;
     Ok((process, addr))
+}
+
+fn chrono_now() -> String {
+    chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string()
 }
 
 fn machine() -> String {

@@ -9,9 +9,10 @@ use std::process::Command;
 
 #[test]
 fn the_smoke_run_measures_every_target_and_every_answer_is_right() {
-    let (Ok(postgres), Ok(redis)) = (
-        std::env::var("CPIS_TEST_POSTGRES_URL"),
-        std::env::var("CPIS_TEST_REDIS_URL"),
+    // Under CI=true a missing server fails here rather than skipping.
+    let (Some(postgres), Some(redis)) = (
+        platform::testing::postgres_server_url(),
+        platform::testing::redis_url(),
     ) else {
         eprintln!("skipped: CPIS_TEST_POSTGRES_URL and CPIS_TEST_REDIS_URL are not set");
         return;
@@ -86,4 +87,58 @@ fn the_smoke_run_measures_every_target_and_every_answer_is_right() {
             .unwrap()
             .contains("<polyline")
     );
+}
+
+#[test]
+fn the_abuse_smoke_run_reaches_each_attacks_state_and_writes_its_figures() {
+    let (Some(postgres), Some(redis)) = (
+        platform::testing::postgres_server_url(),
+        platform::testing::redis_url(),
+    ) else {
+        eprintln!("skipped: CPIS_TEST_POSTGRES_URL and CPIS_TEST_REDIS_URL are not set");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("figures.md");
+    let output = Command::new(cpis_tests::binary("cpis-bench"))
+        .args([
+            "abuse",
+            "--smoke",
+            "--postgres",
+            &postgres,
+            "--redis",
+            &redis,
+        ])
+        .args([
+            "--db-prefix",
+            &format!("cpis_abuse_smoke_{}", std::process::id()),
+        ])
+        .arg("--work-dir")
+        .arg(dir.path().join("work"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "cpis-bench abuse failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let figures = std::fs::read_to_string(&out).unwrap();
+    for expected in [
+        "200 watches opened and abandoned",
+        "back to 0 and calls in flight to 0",
+        "200 answered UNAUTHENTICATED at once, 0 otherwise",
+        "| all accepted |",
+        "2000 accepted",
+        "2000 rejected",
+    ] {
+        assert!(
+            figures.contains(expected),
+            "{expected:?} missing:\n{figures}"
+        );
+    }
+    // A lookup's failures would show as a map of codes in an errors cell.
+    assert!(!figures.contains("{\""), "a lookup failed:\n{figures}");
 }

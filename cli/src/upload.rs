@@ -190,6 +190,16 @@ enum Piece {
 /// `batch_size`. The end of the upload is sent only once the whole file was read and found
 /// the same as in pass 1 (the hash and number of records it found), since a clean end is
 /// what makes an upload take effect.
+/// The most one message's records may take encoded: half the gateway's 2 MiB limit for an
+/// UploadFlags message, which leaves room for the upload id and the framing.
+const BATCH_BYTES: usize = 1024 * 1024;
+
+/// A record's bytes within its message: the record, its length prefix and its field tag.
+fn record_bytes(record: &pb::FlagRecord) -> usize {
+    let len = prost::Message::encoded_len(record);
+    len + prost::encoding::encoded_len_varint(len as u64) + 1
+}
+
 fn read_batches(
     path: &Path,
     upload_id: &str,
@@ -206,12 +216,26 @@ fn read_batches(
     };
     let mut reader = open(path)?;
     let mut batch = Vec::with_capacity(batch_size);
+    let mut bytes = 0;
     for located in reader.by_ref() {
+        let size = record_bytes(&located.record);
+        // A batch also ends before it would outgrow BATCH_BYTES, so a file of over-long
+        // fields goes in more messages and is judged record by record, never refused whole.
+        let full = (!batch.is_empty() && bytes + size > BATCH_BYTES)
+            .then(|| std::mem::replace(&mut batch, Vec::with_capacity(batch_size)));
+        if let Some(full) = full {
+            bytes = 0;
+            if to_send.blocking_send(message(full)).is_err() {
+                // The call is over (the server answered early): its answer says why.
+                return Ok(());
+            }
+        }
+        bytes += size;
         batch.push(located.record);
         if batch.len() == batch_size {
             let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_size));
+            bytes = 0;
             if to_send.blocking_send(message(full)).is_err() {
-                // The call is over (the server answered early): its answer says why.
                 return Ok(());
             }
         }
@@ -445,6 +469,37 @@ mod tests {
             })
             .collect();
         assert_eq!(sizes, [Some(2), Some(2), Some(1), None]);
+    }
+
+    #[test]
+    fn batches_of_long_records_end_at_batch_bytes_whatever_their_count() {
+        let dir = tempfile::tempdir().unwrap();
+        // 60 records of about 60 KiB each (a field far over its maximum, refused by the
+        // server record by record): 3.6 MB in all, more than one 2 MiB message could carry.
+        let long = "x".repeat(60 * 1024);
+        let mut file = upload_csv::HEADER.join(",") + "\n";
+        for _ in 0..60 {
+            file.push_str(&format!("9434765919,cpp,2024-01-01,,,1,,{long}\n"));
+        }
+        let path = dir.path().join("long.csv");
+        std::fs::write(&path, file).unwrap();
+        let checked = check(&path).unwrap();
+        let (to_send, mut sent) = tokio::sync::mpsc::channel(1000);
+        let expected = (checked.content_id.as_str(), checked.records);
+        read_batches(&path, "id", expected, 1000, &to_send).unwrap();
+        drop(to_send);
+        let mut batches = Vec::new();
+        while let Ok(piece) = sent.try_recv() {
+            if let Piece::Batch(b) = piece {
+                batches.push(b);
+            }
+        }
+        assert!(batches.len() >= 4, "{} batches", batches.len());
+        assert_eq!(batches.iter().map(|b| b.records.len()).sum::<usize>(), 60);
+        for batch in &batches {
+            assert!(prost::Message::encoded_len(batch) <= BATCH_BYTES + 1024);
+            assert!(prost::Message::encoded_len(batch) < 2 * 1024 * 1024);
+        }
     }
 
     #[test]

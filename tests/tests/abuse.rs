@@ -288,9 +288,11 @@ async fn headers_without_a_body_cannot_starve_lookups() {
     let addr = a.sys.gateway_addr();
     // 300 token-less calls held open (headers sent, body never), over three connections: far
     // more than the gateway's 8 permits.
+    // The channels are kept, so the three connections (and every held call's open request
+    // body) last until the end of the test, through the lookups below.
+    let channels: Vec<_> = (0..3).map(|_| a.sys.channel()).collect();
     let mut held = Vec::new();
-    for _ in 0..3 {
-        let channel = a.sys.channel();
+    for channel in &channels {
         for _ in 0..100 {
             held.push(headers_only(channel.clone(), addr, None, &a.sys.log("gateway")).await);
         }
@@ -310,6 +312,7 @@ async fn headers_without_a_body_cannot_starve_lookups() {
         a.lookup().await.unwrap();
     }
     drop(held);
+    drop(channels);
     a.until("cpis_calls_in_flight", 0.0).await;
 }
 
