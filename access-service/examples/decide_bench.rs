@@ -30,6 +30,7 @@ fn request(i: u64) -> DecideRequest {
             ods_code: "RQX".into(),
             role_code: "R8000".into(),
             activities: vec!["B0107".into()],
+            assurance_level: 3,
             ..Default::default()
         }),
         action: "LookupChild".into(),

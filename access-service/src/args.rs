@@ -27,6 +27,17 @@ pub struct AccessArgs {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub obligation_fail_after_seconds: u64,
+
+    /// The least authentication assurance level (CIS2's `authentication_assurance_level`) a
+    /// lookup needs; below it a lookup is denied `INSUFFICIENT_ASSURANCE`, audited. 3 is the
+    /// level CIS2 gives smartcard-class sign-in.
+    #[arg(
+        long,
+        env = "CPIS_MIN_AAL",
+        default_value_t = crate::decide::DEFAULT_MIN_ASSURANCE_LEVEL,
+        value_parser = clap::value_parser!(u8).range(0..=4)
+    )]
+    pub min_aal: u8,
 }
 
 pub const DEFAULT_OBLIGATION_FAIL_AFTER_SECONDS: u64 = RetryPolicy::DEFAULT_FAIL_AFTER.as_secs();
@@ -44,6 +55,7 @@ impl AccessArgs {
             serve: ServeArgs::embedded(data_dir),
             audit_signing_key_file: None,
             obligation_fail_after_seconds: DEFAULT_OBLIGATION_FAIL_AFTER_SECONDS,
+            min_aal: crate::decide::DEFAULT_MIN_ASSURANCE_LEVEL,
         }
     }
 }

@@ -55,7 +55,8 @@ impl BackendService for AccessService {
             args.audit_signing_key_file.as_deref(),
             &args.serve.database.data_dir,
         )?;
-        let decisions = AccessDecisions::spawn(context.db.clone());
+        let decisions =
+            AccessDecisions::spawn(context.db.clone()).with_min_assurance_level(args.min_aal);
         Ok(Routes::new(
             cpis_proto::access::access_control_server::AccessControlServer::new(Handlers {
                 context,

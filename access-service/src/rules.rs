@@ -2,8 +2,9 @@
 //!
 //! The caller's activities, its organisation's registry entry and the call's context go in; an
 //! [`AccessDecision`] comes out. Checks run in API.md's order and the first failure answers:
-//! the activity the action needs, then the organisation onboarded and of the right kind, then
-//! (for lookups) the setting inside the caller's organisation. Anything not named here is
+//! the activity the action needs, then (for lookups) the user's authentication assurance level,
+//! then the organisation onboarded and of the right kind, then (for lookups) the setting inside
+//! the caller's organisation. Anything not named here is
 //! denied. `rules/conformance.csv` states the same rules as a table reviewers can read.
 
 pub use cpis_domain::OrganisationKind;
@@ -114,6 +115,8 @@ pub struct Caller {
     pub kind: CallerKind,
     pub ods_code: OdsCode,
     pub activities: BTreeSet<Activity>,
+    /// How strongly a user signed in (CIS2's authentication assurance level); 0 for a system.
+    pub assurance_level: u8,
 }
 
 /// The parts of a call the rules look at besides the caller.
@@ -123,6 +126,8 @@ pub struct Context {
     pub access_kind: Option<AccessKind>,
     /// For `LookupChild`: the site where the child is seen.
     pub site_ods_code: Option<OdsCode>,
+    /// The least assurance level a lookup needs (`CPIS_MIN_AAL`); 0 asks for none.
+    pub min_assurance_level: u8,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -194,6 +199,9 @@ pub fn decide(
     if !holds(caller, needed.activity) {
         return AccessDecision::Deny(DenyReason::MissingActivity);
     }
+    if action == Action::LookupChild && caller.assurance_level < context.min_assurance_level {
+        return AccessDecision::Deny(DenyReason::InsufficientAssurance);
+    }
     if let Some(kind) = needed.organisation {
         let fit = organisation.is_some_and(|o| o.onboarded && o.kind == kind);
         if !fit {
@@ -238,6 +246,7 @@ mod tests {
             kind: CallerKind::User,
             ods_code: ods(org),
             activities: activities.iter().copied().collect(),
+            assurance_level: 3,
         }
     }
 
@@ -252,6 +261,7 @@ mod tests {
         Context {
             access_kind: Some(kind),
             site_ods_code: Some(ods(site)),
+            min_assurance_level: 3,
         }
     }
 
@@ -313,11 +323,64 @@ mod tests {
     }
 
     #[test]
+    fn a_lookup_below_the_minimum_assurance_is_refused_after_the_activity_and_others_are_not() {
+        let weak = Caller {
+            assurance_level: 2,
+            ..user("RQX", &[Activity::NotifyingLookup, Activity::LaManage])
+        };
+        let d = decide(
+            &weak,
+            Some(Action::LookupChild),
+            health(false),
+            &lookup(AccessKind::Unscheduled, "RQY01"),
+        );
+        // Before the organisation and the setting, which are wrong too.
+        assert_eq!(d, AccessDecision::Deny(DenyReason::InsufficientAssurance));
+        // The activity answers first.
+        let d = decide(
+            &Caller {
+                assurance_level: 2,
+                ..user("RQX", &[])
+            },
+            Some(Action::LookupChild),
+            health(true),
+            &lookup(AccessKind::Unscheduled, "RQX01"),
+        );
+        assert_eq!(d, AccessDecision::Deny(DenyReason::MissingActivity));
+        // At the minimum, allowed.
+        let d = decide(
+            &Caller {
+                assurance_level: 3,
+                ..weak.clone()
+            },
+            Some(Action::LookupChild),
+            health(true),
+            &lookup(AccessKind::Unscheduled, "RQX01"),
+        );
+        assert_eq!(d, AccessDecision::Allow { notifies: true });
+        // Only lookups ask for it.
+        let d = decide(
+            &weak,
+            Some(Action::ListFlags),
+            Some(OrganisationStanding {
+                kind: OrganisationKind::LocalAuthority,
+                onboarded: true,
+            }),
+            &Context {
+                min_assurance_level: 3,
+                ..Context::default()
+            },
+        );
+        assert_eq!(d, AccessDecision::Allow { notifies: false });
+    }
+
+    #[test]
     fn systems_never_look_a_child_up() {
         let system = Caller {
             kind: CallerKind::System,
             ods_code: ods("RQX"),
             activities: Activity::ALL.iter().copied().collect(),
+            assurance_level: 0,
         };
         let d = decide(
             &system,

@@ -33,11 +33,21 @@ fn conformance_table_covers_every_action_and_every_reason() {
     assert!(rows.iter().any(|r| Action::parse(&r.action).is_none()));
 }
 
+/// A table row's principal: `user` signed in at the default minimum assurance level (3),
+/// `user-aal2` below it; systems have none.
+fn assurance_of(principal: &str) -> u8 {
+    match principal {
+        "user" => 3,
+        "user-aal2" => 2,
+        _ => 0,
+    }
+}
+
 #[test]
 fn conformance_table_holds_for_the_pure_rules() {
     for row in table::rows() {
         let caller = Caller {
-            kind: if row.principal == "user" {
+            kind: if row.principal.starts_with("user") {
                 CallerKind::User
             } else {
                 CallerKind::System
@@ -51,6 +61,7 @@ fn conformance_table_holds_for_the_pure_rules() {
                     .filter_map(|a| Activity::from_code(a))
                     .collect()
             },
+            assurance_level: assurance_of(&row.principal),
         };
         let standing = row
             .organisation_kind
@@ -62,6 +73,7 @@ fn conformance_table_holds_for_the_pure_rules() {
         let context = Context {
             access_kind: row.access_kind,
             site_ods_code: (!row.setting.is_empty()).then(|| OdsCode::parse(&row.setting).unwrap()),
+            min_assurance_level: access_service::decide::DEFAULT_MIN_ASSURANCE_LEVEL,
         };
         let got = rules::decide(&caller, Action::parse(&row.action), standing, &context);
         let want = if row.allowed {
@@ -99,14 +111,17 @@ async fn conformance_table_holds_through_decide_on_every_database() {
                     .unwrap();
             }
             let principal = match row.principal.as_str() {
-                "user" => common::user(
-                    &format!("user{}", row.line),
-                    &row.organisation,
-                    &row.activities
-                        .iter()
-                        .map(String::as_str)
-                        .collect::<Vec<_>>(),
-                ),
+                "user" | "user-aal2" => Principal {
+                    assurance_level: assurance_of(&row.principal).into(),
+                    ..common::user(
+                        &format!("user{}", row.line),
+                        &row.organisation,
+                        &row.activities
+                            .iter()
+                            .map(String::as_str)
+                            .collect::<Vec<_>>(),
+                    )
+                },
                 kind => {
                     let san = format!("spiffe://conformance/{kind}/{}", row.line);
                     if kind == "system" && row.activities.is_empty() {

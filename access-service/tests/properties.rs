@@ -66,6 +66,8 @@ struct Case {
     action: &'static str,
     access_kind: &'static str,
     site: &'static str,
+    /// The user's authentication assurance level (lookups need 3).
+    assurance: u8,
 }
 
 /// The reference: written as lookups and string comparisons, sharing no code with `rules`.
@@ -79,6 +81,9 @@ fn reference(c: &Case) -> (bool, &'static str, bool) {
     let held = c.activities.contains(activity) && (!c.system || *activity == "CPIS_LA_MANAGE");
     if !held {
         return (false, "MISSING_ACTIVITY", false);
+    }
+    if *action == "LookupChild" && c.assurance < 3 {
+        return (false, "INSUFFICIENT_ASSURANCE", false);
     }
     if !org_kind.is_empty() && c.organisation != Some((org_kind, true)) {
         return (false, "ORGANISATION_NOT_ONBOARDED", false);
@@ -106,6 +111,7 @@ fn decide_pure(c: &Case) -> (bool, &'static str, bool) {
             .iter()
             .filter_map(|a| Activity::from_code(a))
             .collect(),
+        assurance_level: if c.system { 0 } else { c.assurance },
     };
     let standing = c.organisation.map(|(k, onboarded)| OrganisationStanding {
         kind: OrganisationKind::parse(k).unwrap(),
@@ -114,6 +120,7 @@ fn decide_pure(c: &Case) -> (bool, &'static str, bool) {
     let context = Context {
         access_kind: AccessKind::parse(c.access_kind),
         site_ods_code: (!c.site.is_empty()).then(|| OdsCode::parse(c.site).unwrap()),
+        min_assurance_level: 3,
     };
     match rules::decide(&caller, Action::parse(c.action), standing, &context) {
         AccessDecision::Allow { notifies } => (true, "", notifies),
@@ -157,9 +164,10 @@ fn case(known_actions_only: bool) -> impl Strategy<Value = Case> {
         prop::sample::select(actions),
         prop::sample::select(vec!["UNSCHEDULED", "SCHEDULED"]),
         prop::sample::select(vec!["RQX", "RQX01", "RQXA9", "RQY01", "70601", "706"]),
+        prop::sample::select(vec![0u8, 1, 2, 3, 3, 3, 4]),
     )
         .prop_map(
-            |(system, activities, ods, organisation, action, access_kind, site)| {
+            |(system, activities, ods, organisation, action, access_kind, site, assurance)| {
                 let lookup = action == "LookupChild";
                 Case {
                     system,
@@ -169,6 +177,7 @@ fn case(known_actions_only: bool) -> impl Strategy<Value = Case> {
                     action,
                     access_kind: if lookup { access_kind } else { "" },
                     site: if lookup { site } else { "" },
+                    assurance,
                 }
             },
         )
@@ -208,7 +217,10 @@ fn request_for(c: &Case, san: &str) -> DecideRequest {
             ..Default::default()
         }
     } else {
-        common::user("someone", c.ods, &c.activities)
+        Principal {
+            assurance_level: c.assurance.into(),
+            ..common::user("someone", c.ods, &c.activities)
+        }
     };
     let lookup = c.action == "LookupChild";
     let access_kind = AccessKind::parse(c.access_kind);

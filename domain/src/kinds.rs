@@ -203,6 +203,8 @@ impl Activity {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DenyReason {
     MissingActivity,
+    /// A lookup by a user who signed in less strongly than the deployment's minimum.
+    InsufficientAssurance,
     OrganisationNotOnboarded,
     SettingNotInOrganisation,
 }
@@ -210,6 +212,7 @@ pub enum DenyReason {
 impl DenyReason {
     pub const ALL: &'static [DenyReason] = &[
         DenyReason::MissingActivity,
+        DenyReason::InsufficientAssurance,
         DenyReason::OrganisationNotOnboarded,
         DenyReason::SettingNotInOrganisation,
     ];
@@ -217,6 +220,7 @@ impl DenyReason {
     pub fn as_str(self) -> &'static str {
         match self {
             DenyReason::MissingActivity => "MISSING_ACTIVITY",
+            DenyReason::InsufficientAssurance => "INSUFFICIENT_ASSURANCE",
             DenyReason::OrganisationNotOnboarded => "ORGANISATION_NOT_ONBOARDED",
             DenyReason::SettingNotInOrganisation => "SETTING_NOT_IN_ORGANISATION",
         }

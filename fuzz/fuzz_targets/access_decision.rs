@@ -36,7 +36,8 @@ fuzz_target!(|data: &[u8]| {
     let activities: BTreeSet<Activity> =
         Activity::ALL.iter().enumerate().filter(|(i, _)| data[0] & (1 << i) != 0).map(|(_, a)| *a).collect();
     let kind = if data[1] & 1 == 0 { CallerKind::User } else { CallerKind::System };
-    let caller = Caller { kind, ods_code: ods(data[2]), activities };
+    // The level in the top bits of the kind byte: 0 to 7, against a minimum of 0 to 4.
+    let caller = Caller { kind, ods_code: ods(data[2]), activities, assurance_level: data[1] >> 5 };
     // Known actions mostly, but also anything at all.
     let action = if data[3] < 230 {
         pick(Action::ALL, data[3]).name().to_owned()
@@ -57,6 +58,7 @@ fuzz_target!(|data: &[u8]| {
             _ => Some(AccessKind::Scheduled),
         },
         site_ods_code: if data[6] & 1 == 0 { None } else { Some(ods(data[7])) },
+        min_assurance_level: (data[6] >> 1) % 5,
     };
 
     // Names are parsed once, as access-service parses a request; an unknown one is `None`.
@@ -66,6 +68,11 @@ fuzz_target!(|data: &[u8]| {
     // The canary: no activities, never allowed, whatever else is true.
     let canary = Caller { activities: BTreeSet::new(), ..caller.clone() };
     assert!(!allowed(&rules::decide(&canary, parsed, organisation, &context)));
+
+    // A lookup below the minimum assurance level is never allowed.
+    if action == "LookupChild" && caller.assurance_level < context.min_assurance_level {
+        assert!(!allowed(&decision));
+    }
 
     // Systems never look a child up.
     if caller.kind == CallerKind::System && action == "LookupChild" {

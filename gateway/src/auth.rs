@@ -1,9 +1,15 @@
-//! Who is calling: a bearer JWT shaped like an NHS CIS2 token, verified against a JSON Web Key
-//! Set file that is re-read when it changes (`platform::reload`).
+//! Who is calling: a bearer JWT carrying NHS CIS2's claims (a CIS2 ID token, or a token an NHS
+//! token exchange issued with the same claims), verified against a JSON Web Key Set file that
+//! is re-read when it changes (`platform::reload`).
 //!
 //! Asymmetric algorithms only, each key pinned to the one algorithm its JWK declares (or that
 //! its key type implies), so `alg=none`, HMAC-with-the-public-key and algorithm-switching
 //! tokens are refused. `iss`, `aud`, `exp` and `sub` are required.
+//!
+//! The caller is the selected role profile: `selected_roleid` names one of the user's
+//! `nhsid_nrbac_roles`, and its organisation, job role and activities are the caller's; the
+//! user's other profiles grant nothing (a clinician who is also a privacy officer elsewhere
+//! acts as one or the other, never both). See `principal_of`.
 
 use cpis_proto::access::Principal;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet};
@@ -31,15 +37,169 @@ const ALLOWED: [Algorithm; 5] = [
 /// not re-verified on every call; a JWKS change forgets them all.
 const CACHE_LIMIT: usize = 10_000;
 
-#[derive(Deserialize)]
+/// The claims a CIS2 token carries that the gateway reads (CIS2's own names).
+#[derive(Deserialize, Debug, Clone)]
 struct Claims {
     sub: String,
-    org: String,
+    /// CIS2's user id (the same as `sub`).
     #[serde(default)]
-    role: String,
+    nhsid_useruid: Option<String>,
+    /// The display name.
     #[serde(default)]
-    activities: Vec<String>,
+    name: Option<String>,
+    /// Every role profile the user holds.
+    #[serde(default)]
+    nhsid_nrbac_roles: Vec<RoleProfile>,
+    /// The `person_roleid` of the profile chosen at sign-in.
+    #[serde(default)]
+    selected_roleid: Option<String>,
+    /// CIS2 writes it as a string (`"3"`); a number is taken too.
+    #[serde(default)]
+    authentication_assurance_level: Option<Level>,
+    /// OIDC's authentication context, such as `AAL3_ANY`: the level when the claim above is
+    /// absent.
+    #[serde(default)]
+    acr: Option<String>,
     exp: u64,
+}
+
+/// One of a user's national RBAC role profiles.
+#[derive(Deserialize, Debug, Clone)]
+struct RoleProfile {
+    person_roleid: String,
+    #[serde(default)]
+    org_code: String,
+    /// `S…:G…:R…` (CIS2), or a bare job role `R…`.
+    #[serde(default)]
+    role_code: String,
+    #[serde(default)]
+    activity_codes: Vec<String>,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(untagged)]
+enum Level {
+    Number(u64),
+    Text(String),
+}
+
+/// The ErrorInfo reasons of a verified token that names no caller (UNAUTHENTICATED).
+pub mod reasons {
+    pub const NO_SELECTED_ROLE: &str = "NO_SELECTED_ROLE";
+    pub const SELECTED_ROLE_NOT_FOUND: &str = "SELECTED_ROLE_NOT_FOUND";
+    pub const ROLE_PROFILE_INVALID: &str = "ROLE_PROFILE_INVALID";
+    pub const SUBJECT_MISMATCH: &str = "SUBJECT_MISMATCH";
+}
+
+fn refused(reason: &'static str, message: &str) -> Error {
+    Error::IdentityRefused {
+        reason,
+        message: format!("invalid token: {message}"),
+    }
+}
+
+/// The job role of a CIS2 role code: the `R…` part of `S…:G…:R…`, or a bare `R…`.
+fn job_role(role_code: &str) -> Option<&str> {
+    let role = role_code.trim().rsplit(':').next()?;
+    let well_formed = (2..=16).contains(&role.len())
+        && role.starts_with('R')
+        && role[1..].bytes().all(|b| b.is_ascii_alphanumeric());
+    well_formed.then_some(role)
+}
+
+/// CIS2's authentication assurance level: the claim, else the level `acr` names
+/// (`AAL3_ANY` is 3); 0 when neither says.
+fn assurance_level(claim: Option<&Level>, acr: Option<&str>) -> u32 {
+    let from_claim = match claim {
+        Some(Level::Number(n)) => u32::try_from(*n).ok(),
+        Some(Level::Text(t)) => t.trim().parse().ok(),
+        None => None,
+    };
+    let from_acr = || {
+        let rest = acr?.trim().strip_prefix("AAL")?;
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    };
+    from_claim.or_else(from_acr).unwrap_or(0).min(9)
+}
+
+/// The caller a verified token's claims name: the selected role profile, alone.
+fn principal_of(claims: Claims) -> Result<Principal> {
+    let refuse = |why: &str| Error::Unauthenticated(format!("invalid token: {why}"));
+    let sub = claims.sub.trim();
+    if sub.is_empty() {
+        return Err(refuse("empty subject"));
+    }
+    if let Some(uid) = claims.nhsid_useruid.as_deref().map(str::trim)
+        && !uid.is_empty()
+        && uid != sub
+    {
+        return Err(refused(
+            reasons::SUBJECT_MISMATCH,
+            "sub and nhsid_useruid name different users",
+        ));
+    }
+    let selected = claims
+        .selected_roleid
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            refused(
+                reasons::NO_SELECTED_ROLE,
+                "no selected role profile (selected_roleid): sign in with the selectedrole scope",
+            )
+        })?;
+    let profile = claims
+        .nhsid_nrbac_roles
+        .iter()
+        .find(|r| r.person_roleid.trim() == selected)
+        .ok_or_else(|| {
+            refused(
+                reasons::SELECTED_ROLE_NOT_FOUND,
+                "the selected role profile (selected_roleid) is not among nhsid_nrbac_roles",
+            )
+        })?;
+    let name = claims.name.as_deref().unwrap_or_default().trim();
+    // Claims are stored with every decision and shown to privacy officers: a control
+    // character (NUL, ESC) in one is refused here, before it reaches anything; a name people
+    // read carries no bidirectional or invisible formatting either.
+    let poisoned = [sub, selected, &profile.org_code, &profile.role_code]
+        .into_iter()
+        .chain(profile.activity_codes.iter().map(String::as_str))
+        .any(|c| c.chars().any(char::is_control))
+        || name
+            .chars()
+            .any(|c| c.is_control() || platform::error::is_invisible_format(c));
+    if poisoned {
+        return Err(refuse("a claim holds control characters"));
+    }
+    let org = OdsCode::parse(&profile.org_code).map_err(|_| {
+        refused(
+            reasons::ROLE_PROFILE_INVALID,
+            "the selected role profile's org_code is not an ODS code",
+        )
+    })?;
+    let role = job_role(&profile.role_code).ok_or_else(|| {
+        refused(
+            reasons::ROLE_PROFILE_INVALID,
+            "the selected role profile's role_code names no job role (R…)",
+        )
+    })?;
+    Ok(Principal {
+        user_id: sub.to_owned(),
+        system_san: String::new(),
+        ods_code: org.as_str().to_owned(),
+        role_code: role.to_owned(),
+        activities: profile.activity_codes.clone(),
+        organisation_name: String::new(),
+        user_name: name.to_owned(),
+        role_profile_id: selected.to_owned(),
+        assurance_level: assurance_level(
+            claims.authentication_assurance_level.as_ref(),
+            claims.acr.as_deref(),
+        ),
+    })
 }
 
 /// The user a call's token named, verified at admission, and when the token expires.
@@ -279,30 +439,8 @@ impl Authenticator {
                 _ => refuse("rejected"),
             }
         })?;
-        let claims = data.claims;
-        if claims.sub.trim().is_empty() {
-            return Err(refuse("empty subject"));
-        }
-        // Claims are stored with every decision and shown to privacy officers: a control
-        // character (NUL, ESC) in one is refused here, before it reaches anything.
-        let poisoned = std::iter::once(&claims.sub)
-            .chain(std::iter::once(&claims.role))
-            .chain(&claims.activities)
-            .any(|c| c.chars().any(char::is_control));
-        if poisoned {
-            return Err(refuse("a claim holds control characters"));
-        }
-        let org =
-            OdsCode::parse(&claims.org).map_err(|_| refuse("the org claim is not an ODS code"))?;
-        let principal = Principal {
-            user_id: claims.sub,
-            system_san: String::new(),
-            ods_code: org.as_str().to_owned(),
-            role_code: claims.role,
-            activities: claims.activities,
-            organisation_name: String::new(),
-        };
-        Ok((principal, claims.exp))
+        let exp = data.claims.exp;
+        Ok((principal_of(data.claims)?, exp))
     }
 }
 
@@ -334,9 +472,22 @@ mod tests {
             .to_string()
     }
 
+    /// A CIS2-shaped token's claims: Dr Jones, a clinician of RQX (selected) who is also a
+    /// privacy officer at RQY (not selected), signed in by smartcard.
     fn claims(exp_offset: i64, iss: &str, aud: &str) -> serde_json::Value {
         let now = jsonwebtoken::get_current_timestamp() as i64;
-        serde_json::json!({"sub": "dr.jones", "org": "rqx", "role": "R8000", "activities": ["B0107"],
+        serde_json::json!({
+            "sub": "555000000101", "nhsid_useruid": "555000000101", "name": "Dr Alex Jones",
+            "nhsid_nrbac_roles": [
+                {"person_orgid": "555000000201", "person_roleid": "555000000301", "org_code": "rqx",
+                 "role_name": "\"Clinical\":\"Clinical Provision\":\"Clinical Practitioner Access Role\"",
+                 "role_code": "S8000:G8000:R8000", "activity_codes": ["B0107"]},
+                {"person_orgid": "555000000202", "person_roleid": "555000000302", "org_code": "RQY",
+                 "role_name": "\"Admin\":\"Privacy\":\"Privacy Officer\"",
+                 "role_code": "S0001:G0001:R0001", "activity_codes": ["CPIS_AUDIT", "B0170"]}
+            ],
+            "selected_roleid": "555000000301",
+            "authentication_assurance_level": "3", "acr": "AAL3_ANY",
             "iss": iss, "aud": aud, "iat": now, "exp": now + exp_offset})
     }
 
@@ -352,7 +503,18 @@ mod tests {
     }
 
     fn refused(auth: &Authenticator, token: &str) -> bool {
-        matches!(auth.verify(token), Err(Error::Unauthenticated(_)))
+        matches!(
+            auth.verify(token),
+            Err(Error::Unauthenticated(_) | Error::IdentityRefused { .. })
+        )
+    }
+
+    /// The ErrorInfo reason a token is refused with, if any.
+    fn reason_of(auth: &Authenticator, token: &str) -> Option<&'static str> {
+        match auth.verify(token) {
+            Err(Error::IdentityRefused { reason, .. }) => Some(reason),
+            _ => None,
+        }
     }
 
     #[test]
@@ -362,10 +524,158 @@ mod tests {
         let p = auth
             .verify(&sign(&s, "k1", &claims(600, "cpis-dev", "cpis")))
             .unwrap();
-        assert_eq!(p.user_id, "dr.jones");
+        assert_eq!(p.user_id, "555000000101");
         assert_eq!(p.ods_code, "RQX");
         assert_eq!(p.activities, ["B0107"]);
         assert!(p.system_san.is_empty());
+    }
+
+    #[test]
+    fn the_selected_role_profile_alone_names_the_caller() {
+        let s = signer();
+        let auth = authenticator(&s);
+        let p = auth
+            .verify(&sign(&s, "k1", &claims(600, "cpis-dev", "cpis")))
+            .unwrap();
+        // Organisation, job role (the R… of S…:G…:R…) and activities of the selected profile.
+        assert_eq!(
+            (p.ods_code.as_str(), p.role_code.as_str()),
+            ("RQX", "R8000")
+        );
+        assert_eq!(p.role_profile_id, "555000000301");
+        assert_eq!(p.user_name, "Dr Alex Jones");
+        assert_eq!(p.assurance_level, 3);
+        // The privacy officer profile at RQY grants nothing while RQX's is selected.
+        assert!(!p.activities.iter().any(|a| a == "CPIS_AUDIT" || a == "B0170"));
+
+        // Selecting the other profile makes the same user that profile's caller.
+        let mut c = claims(600, "cpis-dev", "cpis");
+        c["selected_roleid"] = serde_json::json!("555000000302");
+        let p = auth.verify(&sign(&s, "k1", &c)).unwrap();
+        assert_eq!(
+            (p.ods_code.as_str(), p.role_code.as_str()),
+            ("RQY", "R0001")
+        );
+        assert_eq!(p.activities, ["CPIS_AUDIT", "B0170"]);
+    }
+
+    #[test]
+    fn a_token_whose_selected_role_is_missing_or_unknown_is_refused_with_its_reason() {
+        let s = signer();
+        let auth = authenticator(&s);
+        let with = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut c = claims(600, "cpis-dev", "cpis");
+            edit(&mut c);
+            sign(&s, "k1", &c)
+        };
+        let none = with(&|c| {
+            c.as_object_mut().unwrap().remove("selected_roleid");
+        });
+        assert_eq!(reason_of(&auth, &none), Some(reasons::NO_SELECTED_ROLE));
+        let empty = with(&|c| c["selected_roleid"] = serde_json::json!(" "));
+        assert_eq!(reason_of(&auth, &empty), Some(reasons::NO_SELECTED_ROLE));
+        let unknown = with(&|c| c["selected_roleid"] = serde_json::json!("555000000399"));
+        assert_eq!(
+            reason_of(&auth, &unknown),
+            Some(reasons::SELECTED_ROLE_NOT_FOUND)
+        );
+        let no_roles = with(&|c| c["nhsid_nrbac_roles"] = serde_json::json!([]));
+        assert_eq!(
+            reason_of(&auth, &no_roles),
+            Some(reasons::SELECTED_ROLE_NOT_FOUND)
+        );
+        let bad_org = with(&|c| c["nhsid_nrbac_roles"][0]["org_code"] = serde_json::json!("R Q X"));
+        assert_eq!(
+            reason_of(&auth, &bad_org),
+            Some(reasons::ROLE_PROFILE_INVALID)
+        );
+        let bad_role = with(&|c| c["nhsid_nrbac_roles"][0]["role_code"] = serde_json::json!("S8000:G8000"));
+        assert_eq!(
+            reason_of(&auth, &bad_role),
+            Some(reasons::ROLE_PROFILE_INVALID)
+        );
+        let other_user = with(&|c| c["nhsid_useruid"] = serde_json::json!("555000000999"));
+        assert_eq!(
+            reason_of(&auth, &other_user),
+            Some(reasons::SUBJECT_MISMATCH)
+        );
+        // The reason reaches the caller as ErrorInfo on UNAUTHENTICATED.
+        let status = tonic::Status::from(auth.verify(&none).unwrap_err());
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        use tonic_types::StatusExt;
+        assert_eq!(
+            status.get_details_error_info().unwrap().reason,
+            reasons::NO_SELECTED_ROLE
+        );
+    }
+
+    #[test]
+    fn assurance_comes_from_its_claim_else_from_acr_else_none() {
+        let level = |n: serde_json::Value, acr: Option<&str>| {
+            let claim: Option<Level> = serde_json::from_value(n).unwrap();
+            assurance_level(claim.as_ref(), acr)
+        };
+        assert_eq!(level(serde_json::json!("3"), None), 3);
+        assert_eq!(level(serde_json::json!(2), Some("AAL3_ANY")), 2);
+        assert_eq!(level(serde_json::json!(null), Some("AAL3_ANY")), 3);
+        assert_eq!(level(serde_json::json!(null), Some("AAL1_USERPASS")), 1);
+        assert_eq!(level(serde_json::json!(null), Some("urn:other")), 0);
+        assert_eq!(level(serde_json::json!(null), None), 0);
+        assert_eq!(level(serde_json::json!("three"), None), 0);
+    }
+
+    #[test]
+    fn job_roles_come_from_cis2_role_codes() {
+        assert_eq!(job_role("S8000:G8000:R8001"), Some("R8001"));
+        assert_eq!(job_role("R8000"), Some("R8000"));
+        assert_eq!(job_role(" R0001 "), Some("R0001"));
+        for bad in ["", "S8000:G8000", "R", "8000", "S8000:G8000:R80 01", "R-1"] {
+            assert_eq!(job_role(bad), None, "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever role profiles a token carries, the caller is the selected one's, or the
+        /// token is refused with a reason; activities of other profiles never leak in.
+        #[test]
+        fn any_role_profiles_name_the_selected_one_or_a_reason(
+            profiles in proptest::collection::vec((
+                proptest::sample::select(vec!["1", "2", "3"]),
+                proptest::sample::select(vec!["RQX", "rqy", "706", "", "R Q"]),
+                proptest::sample::select(vec!["S1:G1:R8000", "R0001", "G1", ""]),
+                proptest::collection::vec(proptest::sample::select(vec!["B0107", "B0170", "CPIS_AUDIT", "CPIS_ADMIN"]), 0..3),
+            ), 0..4),
+            selected in proptest::option::of(proptest::sample::select(vec!["1", "2", "3", ""])),
+        ) {
+            let roles: Vec<serde_json::Value> = profiles.iter().map(|(id, org, role, acts)| serde_json::json!({
+                "person_roleid": id, "org_code": org, "role_code": role, "activity_codes": acts,
+            })).collect();
+            let mut c = serde_json::json!({"sub": "u1", "nhsid_nrbac_roles": roles, "exp": 1});
+            if let Some(s) = selected {
+                c["selected_roleid"] = serde_json::json!(s);
+            }
+            let claims: Claims = serde_json::from_value(c).unwrap();
+            let chosen = selected
+                .filter(|s| !s.is_empty())
+                .and_then(|s| profiles.iter().find(|p| p.0 == s));
+            match (principal_of(claims), selected.filter(|s| !s.is_empty()), chosen) {
+                (Ok(p), _, Some((_, org, _, acts))) => {
+                    proptest::prop_assert_eq!(p.ods_code, org.to_ascii_uppercase());
+                    proptest::prop_assert_eq!(&p.activities, acts);
+                }
+                (Err(Error::IdentityRefused { reason, .. }), None, _) => {
+                    proptest::prop_assert_eq!(reason, reasons::NO_SELECTED_ROLE);
+                }
+                (Err(Error::IdentityRefused { reason, .. }), Some(_), None) => {
+                    proptest::prop_assert_eq!(reason, reasons::SELECTED_ROLE_NOT_FOUND);
+                }
+                (Err(Error::IdentityRefused { reason, .. }), Some(_), Some((_, org, role, _))) => {
+                    proptest::prop_assert_eq!(reason, reasons::ROLE_PROFILE_INVALID);
+                    proptest::prop_assert!(OdsCode::parse(org).is_err() || job_role(role).is_none());
+                }
+                (other, _, _) => proptest::prop_assert!(false, "unexpected {:?}", other.map(|p| p.ods_code)),
+            }
+        }
     }
 
     #[test]
@@ -464,8 +774,11 @@ mod tests {
         c["sub"] = serde_json::json!("dr.jones\u{0}");
         assert!(refused(&auth, &sign(&s, "k1", &c)));
         let mut c = claims(600, "cpis-dev", "cpis");
-        c["activities"] = serde_json::json!(["B0107\u{1b}[0m"]);
+        c["nhsid_nrbac_roles"][0]["activity_codes"] = serde_json::json!(["B0107\u{1b}[0m"]);
         assert!(refused(&auth, &sign(&s, "k1", &c)));
+        let mut c = claims(600, "cpis-dev", "cpis");
+        c["name"] = serde_json::json!("Dr \u{202e}senoJ");
+        assert!(refused(&auth, &sign(&s, "k1", &c)), "a bidi override in a name");
     }
 
     #[test]

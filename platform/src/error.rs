@@ -29,6 +29,13 @@ pub enum Error {
     InvalidArgument(Vec<FieldViolation>),
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
+    /// A verified token that still names no caller; `reason` is the ErrorInfo reason (stable,
+    /// machine-readable: which claim is wrong), `message` what a person reads.
+    #[error("unauthenticated: {message}")]
+    IdentityRefused {
+        reason: &'static str,
+        message: String,
+    },
     /// Access refused by a decision; the reason is stable and machine-readable.
     #[error("permission denied: {reason}")]
     PermissionDenied { reason: DenyReason, message: String },
@@ -111,7 +118,7 @@ impl Error {
     pub fn code(&self) -> Code {
         match self {
             Error::InvalidArgument(_) => Code::InvalidArgument,
-            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::Unauthenticated(_) | Error::IdentityRefused { .. } => Code::Unauthenticated,
             Error::PermissionDenied { .. } => Code::PermissionDenied,
             Error::NotFound(_) => Code::NotFound,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
@@ -138,6 +145,15 @@ impl From<Error> for Status {
                 Status::with_error_details(Code::InvalidArgument, message, details)
             }
             Error::Unauthenticated(message) => Status::unauthenticated(message),
+            Error::IdentityRefused { reason, message } => Status::with_error_details(
+                Code::Unauthenticated,
+                message,
+                ErrorDetails::with_error_info(
+                    reason,
+                    ERROR_DOMAIN,
+                    std::collections::HashMap::<String, String>::new(),
+                ),
+            ),
             Error::PermissionDenied { reason, message } => Status::with_error_details(
                 Code::PermissionDenied,
                 message,

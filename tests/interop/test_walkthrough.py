@@ -302,8 +302,15 @@ def test_calls_without_a_valid_token_are_unauthenticated(world, cpis_dev):
     seed_at = der.index(bytes([0x04, 0x22, 0x04, 0x20])) + 4
     real_key = Ed25519PrivateKey.from_private_bytes(der[seed_at:seed_at + 32])
     now = int(time.time())
-    claims = {"iss": "cpis-dev", "aud": "cpis", "sub": "dr.jones", "org": TRUST, "role": "R8000",
-              "activities": ["B0107"], "iat": now, "nbf": now, "exp": now + 600}
+    # A CIS2 ID token's claims (nationalrbacaccess and selectedrole scopes), as CIS2 names them.
+    claims = {"iss": "cpis-dev", "aud": "cpis", "sub": "555000000101", "nhsid_useruid": "555000000101",
+              "name": "Dr Jones",
+              "nhsid_nrbac_roles": [{"person_orgid": "555000000201", "person_roleid": "555000000301",
+                                     "org_code": TRUST, "role_code": "S8000:G8000:R8000",
+                                     "role_name": '"Clinical":"Clinical Provision":"Clinical Practitioner Access Role"',
+                                     "activity_codes": ["B0107"]}],
+              "selected_roleid": "555000000301", "authentication_assurance_level": "3",
+              "acr": "AAL3_ANY", "iat": now, "nbf": now, "exp": now + 600}
     header = {"alg": "EdDSA", "typ": "JWT", "kid": kid}
     # The control: a token made this way with the real key is accepted.
     good = jwt(header, claims, real_key)
@@ -316,6 +323,9 @@ def test_calls_without_a_valid_token_are_unauthenticated(world, cpis_dev):
         "alg none": auth(jwt({"alg": "none", "typ": "JWT", "kid": kid}, claims)),
         "wrong audience": auth(jwt(header, dict(claims, aud="someone-else"), real_key)),
         "wrong issuer": auth(jwt(header, dict(claims, iss="someone-else"), real_key)),
+        "no selected role": auth(jwt(header, {k: v for k, v in claims.items() if k != "selected_roleid"},
+                                     real_key)),
+        "selected role not held": auth(jwt(header, dict(claims, selected_roleid="555000000399"), real_key)),
     }
     before = w.audit_count()
     for what, metadata in refused.items():

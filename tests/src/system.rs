@@ -263,13 +263,22 @@ impl System {
     ) -> String {
         let args = cpis_cli::token::TokenArgs {
             user: user.into(),
+            name: None,
             org: org.into(),
             role: role.into(),
             activities: activities.iter().map(|a| a.to_string()).collect(),
+            extra_roles: Vec::new(),
+            aal: 3,
             ttl,
             data_dir: self.dir.path().to_owned(),
         };
         cpis_cli::token::mint(&args).unwrap()
+    }
+
+    /// A token naming `identity` (its role profiles, its assurance level), valid for an hour.
+    pub fn token_as(&self, identity: &cpis_cli::token::Identity) -> String {
+        let keys = cpis_cli::devkeys::load(self.dir.path()).unwrap();
+        cpis_cli::token::sign_identity(&keys, identity, Duration::from_secs(3600)).unwrap()
     }
 
     pub fn data_dir(&self) -> PathBuf {

@@ -89,9 +89,12 @@ impl Dev {
     fn token(&self, user: &str, org: &str, activities: &[&str]) -> String {
         cpis_cli::token::mint(&cpis_cli::token::TokenArgs {
             user: user.into(),
+            name: None,
             org: org.into(),
             role: "R8000".into(),
             activities: activities.iter().map(|a| a.to_string()).collect(),
+            extra_roles: Vec::new(),
+            aal: 3,
             ttl: Duration::from_secs(3600),
             data_dir: self.dir.path().to_owned(),
         })
@@ -1285,8 +1288,10 @@ async fn expired_forged_unsigned_and_misaddressed_tokens_are_unauthenticated_on_
     let claims = |change: &dyn Fn(&mut serde_json::Value)| {
         let mut c = serde_json::json!({
             "iss": cpis_cli::devkeys::ISSUER, "aud": cpis_cli::devkeys::AUDIENCE,
-            "sub": "mallory", "org": ADMIN_ORG, "role": "R0001",
-            "activities": ["CPIS_ADMIN", "CPIS_AUDIT", "CPIS_LA_MANAGE", "B0107", "B0170"],
+            "sub": "mallory", "nhsid_useruid": "mallory", "name": "Mallory",
+            "nhsid_nrbac_roles": [{"person_roleid": "1", "org_code": ADMIN_ORG, "role_code": "R0001",
+                "activity_codes": ["CPIS_ADMIN", "CPIS_AUDIT", "CPIS_LA_MANAGE", "B0107", "B0170"]}],
+            "selected_roleid": "1", "authentication_assurance_level": "3",
             "iat": now, "nbf": now, "exp": now + 3600,
         });
         change(&mut c);

@@ -8,4 +8,5 @@ pub mod plan;
 pub mod request;
 pub mod writer;
 
+pub use request::DEFAULT_MIN_ASSURANCE_LEVEL;
 pub use writer::AccessDecisions;

@@ -46,11 +46,13 @@ pub fn resolve(identity: &Identity, systems: &HashMap<String, system::Model>) ->
             role_code,
             ods_code,
             activities,
+            assurance_level,
         } => Resolved {
             rules: Caller {
                 kind: CallerKind::User,
                 ods_code: ods_code.clone(),
                 activities: activities.clone(),
+                assurance_level: *assurance_level,
             },
             audit_user_id: user_id.clone(),
             role_code: role_code.clone(),
@@ -72,6 +74,7 @@ pub fn resolve(identity: &Identity, systems: &HashMap<String, system::Model>) ->
                     kind: CallerKind::System,
                     ods_code,
                     activities,
+                    assurance_level: 0,
                 },
                 audit_user_id: san.clone(),
                 role_code: String::new(),
@@ -199,6 +202,7 @@ impl Batch {
         let context = rules::Context {
             access_kind: input.lookup.as_ref().map(|l| l.access_kind),
             site_ods_code: input.lookup.as_ref().map(|l| l.site.clone()),
+            min_assurance_level: input.min_assurance_level,
         };
         let (allowed, notifies, reason) =
             match rules::decide(&caller.rules, Some(input.action), standing, &context) {
@@ -372,6 +376,7 @@ mod tests {
                 ods_code: "RQX".into(),
                 role_code: "R8000".into(),
                 activities: activities.iter().map(|a| a.to_string()).collect(),
+                assurance_level: 3,
                 ..Default::default()
             }),
             action: "LookupChild".into(),

@@ -22,6 +22,8 @@ pub enum Identity {
         role_code: String,
         ods_code: OdsCode,
         activities: BTreeSet<Activity>,
+        /// CIS2's authentication assurance level, as the gateway read it from the token.
+        assurance_level: u8,
     },
     System {
         san: String,
@@ -46,7 +48,13 @@ pub struct DecideInput {
     pub recheck: bool,
     /// With a re-check: what the stream relayed since its last delivery record.
     pub delivered: Option<Delivery>,
+    /// The least assurance level a lookup needs here (`CPIS_MIN_AAL`), set by the writer.
+    pub min_assurance_level: u8,
 }
+
+/// The least assurance level a lookup needs unless configured (`CPIS_MIN_AAL`): 3, the level
+/// CIS2 gives smartcard-class sign-in.
+pub const DEFAULT_MIN_ASSURANCE_LEVEL: u8 = 3;
 
 pub fn validate(request: DecideRequest) -> Result<DecideInput> {
     let mut v = Violations::new();
@@ -83,6 +91,7 @@ pub fn validate(request: DecideRequest) -> Result<DecideInput> {
                         .iter()
                         .filter_map(|a| Activity::from_code(a))
                         .collect(),
+                    assurance_level: u8::try_from(p.assurance_level).unwrap_or(u8::MAX),
                 })
             }
         }
@@ -185,6 +194,7 @@ pub fn validate(request: DecideRequest) -> Result<DecideInput> {
         upload_id: request.upload_id,
         recheck: request.recheck,
         delivered,
+        min_assurance_level: DEFAULT_MIN_ASSURANCE_LEVEL,
     });
     v.check(input)
 }
@@ -211,6 +221,7 @@ mod tests {
                 ods_code: "rqx".into(),
                 role_code: "R8000".into(),
                 activities: vec!["B0107".into(), "NOT_AN_ACTIVITY".into()],
+                assurance_level: 3,
                 ..Default::default()
             }),
             action: "LookupChild".into(),

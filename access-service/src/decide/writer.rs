@@ -24,6 +24,7 @@ struct Pending {
 #[derive(Clone)]
 pub struct AccessDecisions {
     queue: mpsc::Sender<Pending>,
+    min_assurance_level: u8,
 }
 
 impl AccessDecisions {
@@ -31,12 +32,22 @@ impl AccessDecisions {
     pub fn spawn(db: DatabaseConnection) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE);
         tokio::spawn(run(db, rx));
-        AccessDecisions { queue }
+        AccessDecisions {
+            queue,
+            min_assurance_level: super::request::DEFAULT_MIN_ASSURANCE_LEVEL,
+        }
+    }
+
+    /// Lookups by users who signed in below `level` are denied `INSUFFICIENT_ASSURANCE`.
+    pub fn with_min_assurance_level(mut self, level: u8) -> Self {
+        self.min_assurance_level = level;
+        self
     }
 
     /// Validates (not audited when invalid), then decides and audits.
     pub async fn decide(&self, request: DecideRequest) -> Result<Decision> {
-        let input = validate(request)?;
+        let mut input = validate(request)?;
+        input.min_assurance_level = self.min_assurance_level;
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(Pending { input, reply })

@@ -83,6 +83,7 @@ pub fn user(id: &str, ods: &str, activities: &[&str]) -> Principal {
         ods_code: ods.into(),
         role_code: "R8000".into(),
         activities: activities.iter().map(|a| a.to_string()).collect(),
+        assurance_level: 3,
         ..Default::default()
     }
 }
