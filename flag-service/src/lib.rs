@@ -114,31 +114,14 @@ const BACKLOG_EVERY: Duration = Duration::from_secs(15);
 
 /// Keeps `cpis_notification_backlog{la}` current: every [`BACKLOG_EVERY`], and at each scrape.
 async fn measure_backlogs(context: BackendContext) {
-    async fn refresh(db: &sea_orm::DatabaseConnection) {
-        match storage::outbox::backlogs(db).await {
-            Ok(backlogs) => platform::metrics::metrics().notification_backlogs(&backlogs),
-            Err(e) => tracing::debug!(error = %e, "cannot read notification backlogs"),
-        }
-    }
-    let readiness = context.readiness.clone();
-    let db = context.db.clone();
-    platform::metrics::metrics().on_scrape(move || {
-        let (db, ready) = (db.clone(), readiness.is_ready());
-        async move {
-            if ready {
-                refresh(&db).await;
+    context
+        .keep_gauges_current(BACKLOG_EVERY, |db| async move {
+            match storage::outbox::backlogs(&db).await {
+                Ok(backlogs) => platform::metrics::metrics().notification_backlogs(&backlogs),
+                Err(e) => tracing::debug!(error = %e, "cannot read notification backlogs"),
             }
-        }
-    });
-    loop {
-        if context.readiness.is_ready() {
-            refresh(&context.db).await;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(BACKLOG_EVERY) => {}
-            _ = context.shutdown.wait() => return,
-        }
-    }
+        })
+        .await
 }
 
 /// Once the schema is ready, and then every [`STAGING_CLEANUP_EVERY`], removes what uploads

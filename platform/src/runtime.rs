@@ -100,6 +100,35 @@ pub struct BackendContext {
     pub peer_trust: PeerTrust,
 }
 
+impl BackendContext {
+    /// Keeps gauges read from storage current: `refresh` runs every `every` and before each
+    /// scrape, only while the service is ready (its schema present), until shutdown.
+    pub async fn keep_gauges_current<F, Fut>(self, every: std::time::Duration, refresh: F)
+    where
+        F: Fn(DatabaseConnection) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (readiness, db, on_scrape) = (self.readiness.clone(), self.db.clone(), refresh.clone());
+        crate::metrics::metrics().on_scrape(move || {
+            let (db, ready, refresh) = (db.clone(), readiness.is_ready(), on_scrape.clone());
+            async move {
+                if ready {
+                    refresh(db).await;
+                }
+            }
+        });
+        loop {
+            if self.readiness.is_ready() {
+                refresh(self.db.clone()).await;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = self.shutdown.wait() => return,
+            }
+        }
+    }
+}
+
 /// What makes a backend, and all that differs between the three: its name, default port,
 /// migrations, arguments and the routes it serves. Start-up, migration and logging are the
 /// same for every backend ([`Component`] is implemented once, below).

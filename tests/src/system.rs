@@ -272,6 +272,29 @@ impl System {
         cpis_cli::token::mint(&args).unwrap()
     }
 
+    /// Registers each `(ods_code, kind)` as an onboarded organisation named after its code,
+    /// as the national administrator.
+    pub async fn onboard(
+        &self,
+        organisations: &[(&str, cpis_proto::gateway::OrganisationKind)],
+    ) -> Result<(), tonic::Status> {
+        use cpis_proto::gateway as pb;
+        let admin = self.token("admin", "X26", "R0001", &["CPIS_ADMIN"]);
+        let mut client = pb::administration_client::AdministrationClient::new(self.channel());
+        for (ods, kind) in organisations {
+            let request = pb::UpsertOrganisationRequest {
+                ods_code: (*ods).into(),
+                name: format!("Organisation {ods}"),
+                kind: (*kind).into(),
+                onboarded: true,
+            };
+            client
+                .upsert_organisation(crate::with_token(request, &admin, Duration::from_secs(30)))
+                .await?;
+        }
+        Ok(())
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().to_owned()
     }

@@ -20,12 +20,7 @@ const ADMIN_ORG: &str = "X26";
 const TRUST: &str = "RQX";
 
 fn with_token<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request.set_timeout(Duration::from_secs(10));
-    request
+    cpis_tests::with_token(message, token, Duration::from_secs(10))
 }
 
 fn lookup() -> pb::LookupChildRequest {
