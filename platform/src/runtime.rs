@@ -4,6 +4,7 @@
 
 use crate::config::{DatabaseArgs, ServeArgs};
 use crate::database;
+use crate::datastore::DatastoreTls;
 use crate::error::{Error, Result};
 use crate::health::Readiness;
 use crate::principal::PeerTrust;
@@ -176,7 +177,8 @@ impl<B: BackendService> Component for B {
 
     async fn migrate(args: DatabaseArgs) -> Result<()> {
         let url = database::database_url(&args, B::NAME)?;
-        database::migrate::<B::Migrator>(&url, B::NAME).await
+        let tls = DatastoreTls::from_args(&args.datastore_tls)?;
+        database::migrate_with::<B::Migrator>(&url, B::NAME, &tls).await
     }
 
     fn log_args(args: &B::Args) -> &crate::config::LogArgs {
@@ -201,13 +203,19 @@ async fn start_backend<M: MigratorTrait + Send + Sync + 'static>(
     };
     let url = database::database_url(&args.database, name)?;
     tracing::info!(service = name, database = %database::redact_url(&url), "starting");
-    let db = database::connect(&url).await?;
+    let tls = DatastoreTls::from_args(&args.database.datastore_tls)?;
+    let db = database::connect_with(&url, &tls).await?;
+    // The Redis URL too, before anything is bound: its client is built later, by the backend.
+    if let Some(redis) = args.redis_url() {
+        tls.check_redis_url(redis)?;
+    }
 
     let reporter = tonic_health::server::HealthReporter::new();
     let readiness = Readiness::new(reporter, services).await;
     tokio::spawn(database::keep_ready::<M>(
         db.clone(),
         url,
+        tls,
         name,
         args.migrate,
         readiness.clone(),
