@@ -233,6 +233,7 @@ async fn start(args: &AbuseArgs) -> Result<Target> {
                 ),
             ],
             redis_url: Some(args.redis.clone()),
+            ..Options::default()
         },
         move |name| {
             if name == "gateway" {

@@ -434,6 +434,7 @@ impl Run {
                 ("attendance-service", large_url),
             ],
             redis_url: Some(self.args.redis.clone()),
+            ..Options::default()
         })
         .await;
         if loaded {
