@@ -228,6 +228,7 @@ async fn start(args: &AbuseArgs) -> Result<Target> {
                 ),
             ],
             redis_url: Some(args.servers.redis.clone()),
+            ..Options::default()
         },
         move |name| {
             if name == "gateway" {

@@ -442,6 +442,7 @@ impl Run {
                 ("attendance-service", large_url),
             ],
             redis_url: Some(self.args.servers.redis.clone()),
+            ..Options::default()
         })
         .await;
         if loaded {

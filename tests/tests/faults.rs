@@ -288,6 +288,7 @@ async fn under_crashes_and_outages_nothing_acknowledged_is_lost_and_no_lookup_is
         public_tls: false,
         database_urls: BACKENDS.iter().map(|b| (*b, proxy.url(b))).collect(),
         redis_url: Some(redis.url()),
+        ..Options::default()
     })
     .await;
     let gateway_pid = sys.pid("gateway");

@@ -60,6 +60,7 @@ async fn a_database_stop_leaves_every_pod_ready_and_lookups_unavailable_with_ret
         public_tls: false,
         database_urls: BACKENDS.iter().map(|b| (*b, postgres.url(b))).collect(),
         redis_url: None,
+        ..Options::default()
     })
     .await;
     let admin = sys.token("admin", ADMIN_ORG, "R0001", &["CPIS_ADMIN"]);
