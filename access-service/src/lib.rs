@@ -80,35 +80,18 @@ const OBLIGATIONS_EVERY: Duration = Duration::from_secs(15);
 /// `cpis_obligations_oldest_pending_age_seconds` current: every [`OBLIGATIONS_EVERY`], and at
 /// each scrape. Every replica reports the same table, so alerts take the `max` over them.
 async fn measure_obligations(context: BackendContext) {
-    async fn refresh(db: &sea_orm::DatabaseConnection) {
-        match storage::obligations::backlog(db).await {
-            Ok(b) => {
-                let age = b.oldest_pending_at.map_or(Duration::ZERO, |at| {
-                    let micros = storage::now_micros().saturating_sub(at).max(0);
-                    Duration::from_micros(u64::try_from(micros).unwrap_or(0))
-                });
-                platform::metrics::metrics().obligations(b.pending, b.failed, age);
+    context
+        .keep_gauges_current(OBLIGATIONS_EVERY, |db| async move {
+            match storage::obligations::backlog(&db).await {
+                Ok(b) => {
+                    let age = b.oldest_pending_at.map_or(Duration::ZERO, |at| {
+                        let micros = storage::now_micros().saturating_sub(at).max(0);
+                        Duration::from_micros(u64::try_from(micros).unwrap_or(0))
+                    });
+                    platform::metrics::metrics().obligations(b.pending, b.failed, age);
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot read the obligations backlog"),
             }
-            Err(e) => tracing::debug!(error = %e, "cannot read the obligations backlog"),
-        }
-    }
-    let readiness = context.readiness.clone();
-    let db = context.db.clone();
-    platform::metrics::metrics().on_scrape(move || {
-        let (db, ready) = (db.clone(), readiness.is_ready());
-        async move {
-            if ready {
-                refresh(&db).await;
-            }
-        }
-    });
-    loop {
-        if context.readiness.is_ready() {
-            refresh(&context.db).await;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(OBLIGATIONS_EVERY) => {}
-            _ = context.shutdown.wait() => return,
-        }
-    }
+        })
+        .await
 }

@@ -328,5 +328,5 @@ fn the_reference_table_names_every_action() {
     for a in Action::ALL {
         assert!(named.contains(a.name()));
     }
-    assert_eq!(DenyReason::ALL.len(), 3);
+    assert_eq!(DenyReason::ALL.len(), 4);
 }

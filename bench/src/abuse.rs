@@ -18,7 +18,6 @@ use clap::Args;
 use cpis_proto::gateway as pb;
 use cpis_tests::metrics::{scrape, value};
 use cpis_tests::system::{Options, System};
-use pb::administration_client::AdministrationClient;
 use pb::child_protection_client::ChildProtectionClient;
 use pb::local_authority_client::LocalAuthorityClient;
 use platform::domain::NhsNumber;
@@ -33,20 +32,8 @@ use tonic::transport::Channel;
 
 #[derive(Args, Debug, Clone)]
 pub struct AbuseArgs {
-    /// A PostgreSQL server (any database on it); the bench creates its own databases there.
-    #[arg(
-        long,
-        env = "CPIS_BENCH_POSTGRES_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-    )]
-    postgres: String,
-    /// Redis for flag-service's shared cache.
-    #[arg(
-        long,
-        env = "CPIS_BENCH_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
-    )]
-    redis: String,
+    #[command(flatten)]
+    servers: crate::Servers,
     /// Names of the bench's databases start with this (recreated by every run).
     #[arg(long, default_value = "cpis_bench_abuse")]
     db_prefix: String,
@@ -90,8 +77,9 @@ impl AbuseArgs {
     }
 }
 
-const ADMIN_ORG: &str = "X26";
 const TRUST: &str = "RQX";
+/// Children on a protection plan that lookups pick from.
+const LOOKED_UP_CHILDREN: usize = 1_000;
 const SITE: &str = "RQX01";
 /// HTTP/2 streams one connection may carry (the gateway's default).
 const STREAMS_PER_CONNECTION: usize = 100;
@@ -102,9 +90,11 @@ struct Target {
     metrics: SocketAddr,
     channels: Vec<Channel>,
     clinician: String,
-    /// One `CPIS_LA_MANAGE` token per local authority, the first owning the looked-up child.
+    /// One `CPIS_LA_MANAGE` token per local authority, the first owning the looked-up children.
     las: Vec<(String, String)>,
-    child: NhsNumber,
+    /// The children lookups pick from, each on the first LA's protection plan: many, so no
+    /// child's attendance history grows through a run the way one child's would.
+    children: Arc<Vec<NhsNumber>>,
 }
 
 pub async fn abuse(args: AbuseArgs) -> Result<()> {
@@ -116,7 +106,7 @@ pub async fn abuse(args: AbuseArgs) -> Result<()> {
     let mut out = String::new();
     writeln!(
         out,
-        "Measured {} on {} at commit {}: `{command}`; the production configuration with its default limits; lookups are notifying lookups of a flagged child by {} callers over {} TLS connections, {} s timed after 2 s of warm-up.\n",
+        "Measured {} on {} at commit {}: `{command}`; the production configuration with its default limits; lookups are notifying lookups of one of 1,000 flagged children (a different one each time) by {} callers over {} TLS connections, {} s timed after 2 s of warm-up.\n",
         crate::chrono_now(),
         crate::machine(),
         crate::commit(),
@@ -149,6 +139,8 @@ pub async fn abuse(args: AbuseArgs) -> Result<()> {
         writeln!(out, "| {label} | {} |", q.row())?;
     }
 
+    // Measured again just before, so the comparison is with the system as it now is.
+    let control = load::closed(spec(&args), args.concurrency, target.lookup()).await;
     let held = hold_tokenless_calls(&target, &args).await?;
     writeln!(
         out,
@@ -162,7 +154,7 @@ pub async fn abuse(args: AbuseArgs) -> Result<()> {
     writeln!(
         out,
         "| | lookups/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|\n| none held | {} |\n| {} held | {} |",
-        lookup_cells(&before.lookups),
+        lookup_cells(&control),
         held.calls,
         lookup_cells(&held.lookups)
     )?;
@@ -193,8 +185,11 @@ pub async fn abuse(args: AbuseArgs) -> Result<()> {
     // The processes first: a database cannot be dropped while they hold connections.
     drop(target);
     for name in ["access", "flag", "attendance"] {
-        platform::testing::drop_database(&args.postgres, &format!("{}_{name}", args.db_prefix))
-            .await?;
+        platform::testing::drop_database(
+            &args.servers.postgres,
+            &format!("{}_{name}", args.db_prefix),
+        )
+        .await?;
     }
     println!("\n{out}");
     if let Some(dir) = args.out.parent() {
@@ -210,7 +205,7 @@ const MIB: f64 = 1024.0 * 1024.0;
 async fn start(args: &AbuseArgs) -> Result<Target> {
     let names = ["access", "flag", "attendance"].map(|s| format!("{}_{s}", args.db_prefix));
     for name in &names {
-        platform::testing::recreate_database(&args.postgres, name).await?;
+        platform::testing::recreate_database(&args.servers.postgres, name).await?;
     }
     let metrics_port = cpis_tests::free_port();
     let metrics = SocketAddr::from(([127, 0, 0, 1], metrics_port));
@@ -221,18 +216,19 @@ async fn start(args: &AbuseArgs) -> Result<Target> {
             database_urls: vec![
                 (
                     "access-service",
-                    platform::testing::with_database(&args.postgres, &names[0]),
+                    platform::testing::with_database(&args.servers.postgres, &names[0]),
                 ),
                 (
                     "flag-service",
-                    platform::testing::with_database(&args.postgres, &names[1]),
+                    platform::testing::with_database(&args.servers.postgres, &names[1]),
                 ),
                 (
                     "attendance-service",
-                    platform::testing::with_database(&args.postgres, &names[2]),
+                    platform::testing::with_database(&args.servers.postgres, &names[2]),
                 ),
             ],
-            redis_url: Some(args.redis.clone()),
+            redis_url: Some(args.servers.redis.clone()),
+            ..Options::default()
         },
         move |name| {
             if name == "gateway" {
@@ -247,7 +243,6 @@ async fn start(args: &AbuseArgs) -> Result<Target> {
     )
     .await;
     let channels = crate::targets::channels(system.gateway_addr(), Some(&system.ca.pem), 4)?;
-    let admin = system.token("admin", ADMIN_ORG, "R0001", &["CPIS_ADMIN"]);
     let las: Vec<(String, String)> = (0..args.las)
         .map(|i| {
             let ods = format!("L{:03}", i + 1);
@@ -255,51 +250,46 @@ async fn start(args: &AbuseArgs) -> Result<Target> {
             (ods, token)
         })
         .collect();
-    let mut client = AdministrationClient::new(channels[0].clone());
-    let organisations = las
+    let organisations: Vec<_> = las
         .iter()
         .map(|(ods, _)| (ods.as_str(), pb::OrganisationKind::LocalAuthority))
-        .chain([(TRUST, pb::OrganisationKind::Health)]);
-    for (ods, kind) in organisations {
-        let request = pb::UpsertOrganisationRequest {
-            ods_code: ods.into(),
-            name: format!("Organisation {ods}"),
-            kind: kind.into(),
-            onboarded: true,
-        };
-        client
-            .upsert_organisation(with_token(request, &admin)?)
-            .await
-            .with_context(|| format!("onboarding {ods}"))?;
-    }
-    let child = NhsNumber::from_first_nine(999_100_001)
-        .or_else(|| NhsNumber::from_first_nine(999_100_002))
-        .context("no synthetic NHS number")?;
-    // The child the lookups are about is on the first LA's protection plan.
-    let record = pb::FlagRecord {
-        nhs_number: child.as_str().into(),
-        flag_type: pb::FlagType::Cpp.into(),
-        start_date: "2024-01-01".into(),
-        emergency_phone: "01632 960100".into(),
-        ..Default::default()
-    };
+        .chain([(TRUST, pb::OrganisationKind::Health)])
+        .collect();
+    system.onboard(&organisations).await?;
+    let children: Vec<NhsNumber> = (999_100_000..)
+        .filter_map(NhsNumber::from_first_nine)
+        .take(LOOKED_UP_CHILDREN)
+        .collect();
+    let records = children
+        .iter()
+        .map(|child| pb::FlagRecord {
+            nhs_number: child.as_str().into(),
+            flag_type: pb::FlagType::Cpp.into(),
+            start_date: "2024-01-01".into(),
+            emergency_phone: "01632 960100".into(),
+            ..Default::default()
+        })
+        .collect();
     let request = pb::UploadFlagsRequest {
         upload_id: format!("bench-abuse-{}", uuid::Uuid::new_v4()),
-        records: vec![record],
+        records,
     };
     let report = LocalAuthorityClient::new(channels[0].clone())
         .upload_flags(with_token(tokio_stream::iter([request]), &las[0].1)?)
         .await?
         .into_inner();
-    if report.accepted != 1 {
-        bail!("the looked-up child's flag was not accepted: {report:?}");
+    if report.accepted as usize != LOOKED_UP_CHILDREN {
+        bail!(
+            "the looked-up children's flags were not all accepted: {} of {LOOKED_UP_CHILDREN}",
+            report.accepted
+        );
     }
     Ok(Target {
         clinician: system.token("dr.bench", TRUST, "R8000", &["B0107"]),
         metrics,
         channels,
         las,
-        child,
+        children: Arc::new(children),
         system,
     })
 }
@@ -321,7 +311,7 @@ impl Target {
         )
     }
 
-    /// A notifying lookup of the flagged child; anything but `flagged` is an error.
+    /// A notifying lookup of one of the flagged children; anything but `flagged` is an error.
     fn lookup(
         self: &Arc<Self>,
     ) -> impl Fn(usize, u64) -> std::pin::Pin<Box<dyn Future<Output = load::Outcome> + Send>>
@@ -338,11 +328,13 @@ impl Target {
                 Ok(t) => t,
                 Err(_) => tonic::metadata::MetadataValue::from_static(""),
             };
-        let child = self.child.as_str().to_owned();
-        move |caller, _| {
+        let children = self.children.clone();
+        move |caller, n| {
+            let mut pick = platform::synthetic::SplitMix64(((caller as u64) << 40) ^ n);
+            let child = children[pick.below(children.len() as u64) as usize].as_str();
             let mut client = clients[caller % clients.len()].clone();
             let mut request = tonic::Request::new(pb::LookupChildRequest {
-                nhs_number: child.clone(),
+                nhs_number: child.to_owned(),
                 access_kind: pb::AccessKind::Unscheduled.into(),
                 setting: Some(pb::Setting {
                     ods_code: SITE.into(),
@@ -445,6 +437,33 @@ fn lookup_cells(m: &Measured) -> String {
     )
 }
 
+/// The highest reading of one of the gateway's gauges, sampled every 50 ms until `end`.
+struct Peak {
+    done: Arc<std::sync::atomic::AtomicBool>,
+    sampler: tokio::task::JoinHandle<f64>,
+}
+
+impl Peak {
+    fn watch(target: &Arc<Target>, gauge: &'static str) -> Peak {
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (target, stop) = (target.clone(), done.clone());
+        let sampler = tokio::spawn(async move {
+            let mut peak: f64 = 0.0;
+            while !stop.load(Ordering::Relaxed) {
+                peak = peak.max(target.gauge(gauge).await);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            peak
+        });
+        Peak { done, sampler }
+    }
+
+    async fn end(self) -> Result<f64> {
+        self.done.store(true, Ordering::Relaxed);
+        Ok(self.sampler.await?)
+    }
+}
+
 struct Abandoned {
     opened: u64,
     refused: u64,
@@ -461,18 +480,7 @@ async fn abandon_watches(target: &Arc<Target>, args: &AbuseArgs) -> Result<Aband
     let opened = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sampler = {
-        let (target, done) = (target.clone(), done.clone());
-        tokio::spawn(async move {
-            let mut peak: f64 = 0.0;
-            while !done.load(Ordering::Relaxed) {
-                peak = peak.max(target.gauge("cpis_open_watches").await);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            peak
-        })
-    };
+    let peak = Peak::watch(target, "cpis_open_watches");
     let mut tasks = Vec::new();
     for (i, (_, token)) in target.las.iter().enumerate() {
         for j in 0..8 {
@@ -523,12 +531,11 @@ async fn abandon_watches(target: &Arc<Target>, args: &AbuseArgs) -> Result<Aband
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    done.store(true, Ordering::Relaxed);
     Ok(Abandoned {
         opened: opened.load(Ordering::Relaxed),
         refused: refused.load(Ordering::Relaxed),
         seconds,
-        peak_open: sampler.await?,
+        peak_open: peak.end().await?,
         open_after: target.gauge("cpis_open_watches").await,
         in_flight_after: target.gauge("cpis_calls_in_flight").await,
         settled_seconds,
@@ -565,21 +572,9 @@ async fn hold_tokenless_calls(target: &Arc<Target>, args: &AbuseArgs) -> Result<
         .iter()
         .filter(|(_, status)| status.as_deref() == Some("16"))
         .count();
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sampler = {
-        let (target, done) = (target.clone(), done.clone());
-        tokio::spawn(async move {
-            let mut peak: f64 = 0.0;
-            while !done.load(Ordering::Relaxed) {
-                peak = peak.max(target.gauge("cpis_calls_in_flight").await);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            peak
-        })
-    };
+    let peak = Peak::watch(target, "cpis_calls_in_flight");
     let lookups = load::closed(spec(args), args.concurrency, target.lookup()).await;
-    done.store(true, Ordering::Relaxed);
-    let peak_in_flight = sampler.await?;
+    let peak_in_flight = peak.end().await?;
     // Held to here: the connections and every request body stay open through the lookups.
     drop(held);
     drop(channels);

@@ -56,8 +56,9 @@ enum Command {
     },
 }
 
+/// The PostgreSQL and Redis a measurement runs against.
 #[derive(Args, Debug, Clone)]
-struct RunArgs {
+struct Servers {
     /// A PostgreSQL server (any database on it); the bench creates its own databases there.
     #[arg(
         long,
@@ -72,6 +73,12 @@ struct RunArgs {
         default_value = "redis://127.0.0.1:6379"
     )]
     redis: String,
+}
+
+#[derive(Args, Debug, Clone)]
+struct RunArgs {
+    #[command(flatten)]
+    servers: Servers,
     /// Names of the bench's databases start with this.
     #[arg(long, default_value = "cpis_bench")]
     db_prefix: String,
@@ -373,8 +380,9 @@ impl Run {
             args.seed,
             dataset::WINDOW_DAYS
         );
-        let url = platform::testing::with_database(&args.postgres, name);
-        if !args.reload && dataset::label(&args.postgres, name).await? == Some(Some(label.clone()))
+        let url = platform::testing::with_database(&args.servers.postgres, name);
+        if !args.reload
+            && dataset::label(&args.servers.postgres, name).await? == Some(Some(label.clone()))
         {
             println!("reusing {name} ({label})");
             self.loading.insert(
@@ -384,13 +392,13 @@ impl Run {
             return Ok(url);
         }
         println!("loading {rows} attendances into {name} (COPY)...");
-        platform::testing::recreate_database(&args.postgres, name).await?;
+        platform::testing::recreate_database(&args.servers.postgres, name).await?;
         let seconds = dataset::attendances(&url, rows, args.seed, self.now).await?;
         println!(
             "  {rows} rows in {seconds:.1} s ({:.0} rows/s, indexes built after)",
             rows as f64 / seconds
         );
-        dataset::set_label(&args.postgres, name, &label).await?;
+        dataset::set_label(&args.servers.postgres, name, &label).await?;
         self.loading.insert(
             name.to_owned(),
             serde_json::json!({ "rows": rows, "seconds": seconds }),
@@ -401,7 +409,7 @@ impl Run {
     /// (b), (c): the production configuration, on PostgreSQL and Redis.
     async fn production(&mut self) -> Result<()> {
         let prefix = self.args.db_prefix.clone();
-        let postgres = self.args.postgres.clone();
+        let postgres = self.args.servers.postgres.clone();
         let (access_db, flag_db) = (format!("{prefix}_access"), format!("{prefix}_flag"));
         let (large, small) = (self.args.attendances, self.args.small_attendances);
         let large_url = self
@@ -433,7 +441,8 @@ impl Run {
                 ),
                 ("attendance-service", large_url),
             ],
-            redis_url: Some(self.args.redis.clone()),
+            redis_url: Some(self.args.servers.redis.clone()),
+            ..Options::default()
         })
         .await;
         if loaded {
@@ -557,7 +566,9 @@ async fn run(args: RunArgs) -> Result<()> {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let work = std::path::absolute(&args.work_dir)?;
     std::fs::create_dir_all(&work)?;
-    let postgres_version = postgres_version(&args.postgres).await.unwrap_or_default();
+    let postgres_version = postgres_version(&args.servers.postgres)
+        .await
+        .unwrap_or_default();
     let mut run = Run {
         dataset: dataset::generate(args.sizes()),
         args,
@@ -637,7 +648,7 @@ async fn run(args: RunArgs) -> Result<()> {
     );
     if args.drop_after {
         for name in run.databases() {
-            platform::testing::drop_database(&args.postgres, &name).await?;
+            platform::testing::drop_database(&args.servers.postgres, &name).await?;
         }
     }
     Ok(())

@@ -5,43 +5,47 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::path::Path;
 use std::process::Command;
 
-#[test]
-fn the_smoke_run_measures_every_target_and_every_answer_is_right() {
+/// `cpis-bench <args> --smoke` against the test servers, its databases named from `prefix`,
+/// its work in `dir` and its output at `out`: its stdout, or `None` (skipped) without the
+/// servers outside CI.
+fn smoke(args: &[&str], prefix: &str, dir: &Path, out: &Path) -> Option<String> {
     // Under CI=true a missing server fails here rather than skipping.
     let (Some(postgres), Some(redis)) = (
         platform::testing::postgres_server_url(),
         platform::testing::redis_url(),
     ) else {
         eprintln!("skipped: CPIS_TEST_POSTGRES_URL and CPIS_TEST_REDIS_URL are not set");
-        return;
+        return None;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("docs");
     let output = Command::new(cpis_tests::binary("cpis-bench"))
-        .args([
-            "run",
-            "--smoke",
-            "--drop-after",
-            "--postgres",
-            &postgres,
-            "--redis",
-            &redis,
-        ])
-        .args(["--db-prefix", &format!("cpis_smoke_{}", std::process::id())])
+        .args(args)
+        .args(["--smoke", "--postgres", &postgres, "--redis", &redis])
+        .args(["--db-prefix", &format!("{prefix}_{}", std::process::id())])
         .arg("--work-dir")
-        .arg(dir.path().join("work"))
+        .arg(dir.join("work"))
         .arg("--out")
-        .arg(&out)
+        .arg(out)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
-        "cpis-bench failed:\n{stdout}\n{}",
+        "cpis-bench {args:?} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    Some(stdout)
+}
+
+#[test]
+fn the_smoke_run_measures_every_target_and_every_answer_is_right() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("docs");
+    let Some(stdout) = smoke(&["run", "--drop-after"], "cpis_smoke", dir.path(), &out) else {
+        return;
+    };
 
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("benchmarks.json")).unwrap()).unwrap();
@@ -91,40 +95,11 @@ fn the_smoke_run_measures_every_target_and_every_answer_is_right() {
 
 #[test]
 fn the_abuse_smoke_run_reaches_each_attacks_state_and_writes_its_figures() {
-    let (Some(postgres), Some(redis)) = (
-        platform::testing::postgres_server_url(),
-        platform::testing::redis_url(),
-    ) else {
-        eprintln!("skipped: CPIS_TEST_POSTGRES_URL and CPIS_TEST_REDIS_URL are not set");
-        return;
-    };
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("figures.md");
-    let output = Command::new(cpis_tests::binary("cpis-bench"))
-        .args([
-            "abuse",
-            "--smoke",
-            "--postgres",
-            &postgres,
-            "--redis",
-            &redis,
-        ])
-        .args([
-            "--db-prefix",
-            &format!("cpis_abuse_smoke_{}", std::process::id()),
-        ])
-        .arg("--work-dir")
-        .arg(dir.path().join("work"))
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "cpis-bench abuse failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    if smoke(&["abuse"], "cpis_abuse_smoke", dir.path(), &out).is_none() {
+        return;
+    }
     let figures = std::fs::read_to_string(&out).unwrap();
     for expected in [
         "200 watches opened and abandoned",

@@ -82,6 +82,7 @@ pub async fn start(args: &DevArgs, shutdown: Shutdown) -> Result<DevSystem> {
         attendance_url: String::new(),
         access_url: String::new(),
         jwks_file: Some(keys.jwks_path.clone()),
+        identity_provider: gateway::IdentityProviderArgs::default(),
         token_issuer: devkeys::ISSUER.into(),
         token_audience: devkeys::AUDIENCE.into(),
         max_watches: gateway::DEFAULT_MAX_WATCHES,

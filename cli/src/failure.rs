@@ -165,6 +165,11 @@ fn render_status(status: &Status, needs: Option<Activity>) -> String {
                     "your role lacks the activity this call needs: ask your RA manager".to_owned()
                 }
             },
+            Some(DenyReason::InsufficientAssurance) => {
+                "lookups need a stronger sign-in (a smartcard, or an authenticator of the same \
+                 assurance level): sign in again with it"
+                    .to_owned()
+            }
             Some(DenyReason::OrganisationNotOnboarded) => {
                 "your organisation is not onboarded to CP-IS for this kind of call: ask a CP-IS \
                  administrator to onboard it (cpis org upsert)"

@@ -60,7 +60,9 @@ pub fn parse_role_profile(input: &str) -> Result<RoleProfile, String> {
         .split_once(':')
         .ok_or_else(|| format!("{input:?}: expected ODS:ROLE or ODS:ROLE=ACTIVITY,..."))?;
     if org.trim().is_empty() || role.trim().is_empty() {
-        return Err(format!("{input:?}: the ODS code and the role must not be empty"));
+        return Err(format!(
+            "{input:?}: the ODS code and the role must not be empty"
+        ));
     }
     Ok(RoleProfile {
         org: org.trim().to_owned(),
@@ -182,7 +184,11 @@ pub fn sign(
 
 /// Signs a CIS2-shaped token naming `identity`. Role profile ids are numbered in order, the
 /// selected profile first, as CIS2's `person_roleid` values are opaque numbers.
-pub fn sign_identity(keys: &devkeys::DevKeys, identity: &Identity, ttl: Duration) -> Result<String> {
+pub fn sign_identity(
+    keys: &devkeys::DevKeys,
+    identity: &Identity,
+    ttl: Duration,
+) -> Result<String> {
     let now = chrono::Utc::now().timestamp();
     let ttl = i64::try_from(ttl.as_secs()).context("--ttl is too long")?;
     let roles: Vec<RoleClaim> = std::iter::once(&identity.selected)
@@ -257,7 +263,10 @@ mod tests {
         validation.set_audience(&[devkeys::AUDIENCE]);
         let data = jsonwebtoken::decode::<serde_json::Value>(&token, &key, &validation).unwrap();
         let c = &data.claims;
-        assert_eq!((&c["sub"], &c["nhsid_useruid"], &c["name"]), (&"u1".into(), &"u1".into(), &"Dr One".into()));
+        assert_eq!(
+            (&c["sub"], &c["nhsid_useruid"], &c["name"]),
+            (&"u1".into(), &"u1".into(), &"Dr One".into())
+        );
         // The selected profile first, then the extra one, CIS2's field names throughout.
         let roles = c["nhsid_nrbac_roles"].as_array().unwrap();
         assert_eq!(roles.len(), 2);
@@ -266,7 +275,10 @@ mod tests {
         assert_eq!(roles[0]["role_code"], "S8000:G8000:R8000");
         assert_eq!(roles[0]["activity_codes"], serde_json::json!(["B0107"]));
         assert_eq!(roles[1]["org_code"], "RQY");
-        assert_eq!(roles[1]["activity_codes"], serde_json::json!(["CPIS_AUDIT", "B0170"]));
+        assert_eq!(
+            roles[1]["activity_codes"],
+            serde_json::json!(["CPIS_AUDIT", "B0170"])
+        );
         assert_eq!(c["authentication_assurance_level"], "3");
         assert_eq!(c["acr"], "AAL3_ANY");
         assert_eq!(data.header.kid.as_deref(), Some(keys.key_id.as_str()));
@@ -282,7 +294,12 @@ mod tests {
                 activities: vec!["CPIS_AUDIT".into(), "B0170".into()],
             }
         );
-        assert!(parse_role_profile("706:R9000").unwrap().activities.is_empty());
+        assert!(
+            parse_role_profile("706:R9000")
+                .unwrap()
+                .activities
+                .is_empty()
+        );
         assert!(parse_role_profile("R9000").is_err());
         assert!(parse_role_profile(":R9000").is_err());
     }

@@ -67,15 +67,14 @@ impl FlagCache {
         FlagCache::Local(Arc::new(LocalCache::default()))
     }
 
-    /// Redis at `url`; connects in the background, so a Redis down at start only means
-    /// "no cache" until it answers.
-    pub fn shared(url: &str, key_prefix: &str) -> FlagCache {
+    /// Redis through `client` (see `platform::cache::client`); connects in the background,
+    /// so a Redis down at start only means "no cache" until it answers.
+    pub fn shared(client: redis::Client, key_prefix: &str) -> FlagCache {
         let conn = Arc::new(OnceCell::new());
         let cell = conn.clone();
-        let url = url.to_owned();
         tokio::spawn(async move {
             loop {
-                match platform::cache::connect(&url).await {
+                match platform::cache::connect(client.clone()).await {
                     Ok(manager) => {
                         let _ = cell.set(manager);
                         tracing::info!("flag cache: connected to Redis");

@@ -26,6 +26,7 @@ use cache::FlagCache;
 use feed::NotificationFeed;
 use handlers::Handlers;
 use platform::config::ServeArgs;
+use platform::datastore::DatastoreTls;
 use platform::runtime::{BackendContext, BackendService};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -68,12 +69,16 @@ impl FlagArgs {
         }
     }
 
-    fn cache(&self) -> FlagCache {
-        match (self.serve.redis_url(), self.local_cache) {
-            (Some(url), _) => FlagCache::shared(url, &self.cache_prefix),
+    /// The cache mode; a Redis URL refused by the datastore TLS settings stops the start.
+    fn cache(&self) -> platform::Result<FlagCache> {
+        Ok(match (self.serve.redis_url(), self.local_cache) {
+            (Some(url), _) => {
+                let tls = DatastoreTls::from_args(&self.serve.database.datastore_tls)?;
+                FlagCache::shared(platform::cache::client(url, &tls)?, &self.cache_prefix)
+            }
             (None, true) => FlagCache::local(),
             (None, false) => FlagCache::Off,
-        }
+        })
     }
 }
 
@@ -96,7 +101,7 @@ impl BackendService for FlagService {
         Ok(Routes::new(
             cpis_proto::flag::flag_registry_server::FlagRegistryServer::new(Handlers {
                 context,
-                cache: args.cache(),
+                cache: args.cache()?,
                 feed,
             })
             .max_decoding_message_size(platform::server::MAX_MESSAGE_BYTES),
@@ -114,31 +119,14 @@ const BACKLOG_EVERY: Duration = Duration::from_secs(15);
 
 /// Keeps `cpis_notification_backlog{la}` current: every [`BACKLOG_EVERY`], and at each scrape.
 async fn measure_backlogs(context: BackendContext) {
-    async fn refresh(db: &sea_orm::DatabaseConnection) {
-        match storage::outbox::backlogs(db).await {
-            Ok(backlogs) => platform::metrics::metrics().notification_backlogs(&backlogs),
-            Err(e) => tracing::debug!(error = %e, "cannot read notification backlogs"),
-        }
-    }
-    let readiness = context.readiness.clone();
-    let db = context.db.clone();
-    platform::metrics::metrics().on_scrape(move || {
-        let (db, ready) = (db.clone(), readiness.is_ready());
-        async move {
-            if ready {
-                refresh(&db).await;
+    context
+        .keep_gauges_current(BACKLOG_EVERY, |db| async move {
+            match storage::outbox::backlogs(&db).await {
+                Ok(backlogs) => platform::metrics::metrics().notification_backlogs(&backlogs),
+                Err(e) => tracing::debug!(error = %e, "cannot read notification backlogs"),
             }
-        }
-    });
-    loop {
-        if context.readiness.is_ready() {
-            refresh(&context.db).await;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(BACKLOG_EVERY) => {}
-            _ = context.shutdown.wait() => return,
-        }
-    }
+        })
+        .await
 }
 
 /// Once the schema is ready, and then every [`STAGING_CLEANUP_EVERY`], removes what uploads

@@ -1,6 +1,8 @@
 //! Who is calling: a bearer JWT carrying NHS CIS2's claims (a CIS2 ID token, or a token an NHS
-//! token exchange issued with the same claims), verified against a JSON Web Key Set file that
-//! is re-read when it changes (`platform::reload`).
+//! token exchange issued with the same claims), verified against a JSON Web Key Set: a file
+//! re-read when it changes (`platform::reload`), or the identity provider's, fetched over HTTPS
+//! ([`crate::keys`]). A token naming a key the provider's set lacks waits briefly for the fetch
+//! it asks for, so the first token of a key rotated in is accepted.
 //!
 //! Asymmetric algorithms only, each key pinned to the one algorithm its JWK declares (or that
 //! its key type implies), so `alg=none`, HMAC-with-the-public-key and algorithm-switching
@@ -11,9 +13,11 @@
 //! user's other profiles grant nothing (a clinician who is also a privacy officer elsewhere
 //! acts as one or the other, never both). See `principal_of`.
 
+use crate::keys;
 use cpis_proto::access::Principal;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use platform::admit::Verdict;
 use platform::domain::OdsCode;
 use platform::error::{Error, Result};
 use platform::reload::{self, Latest};
@@ -34,8 +38,12 @@ const ALLOWED: [Algorithm; 5] = [
 ];
 
 /// Verified tokens are remembered until they expire (at most this many), so a busy client is
-/// not re-verified on every call; a JWKS change forgets them all.
+/// not re-verified on every call; a JWKS change forgets them all. They are known by their
+/// SHA-256, so the cache holds no credential and each entry is small.
 const CACHE_LIMIT: usize = 10_000;
+
+/// How long a token naming an unknown key waits for the key set being fetched.
+const UNKNOWN_KEY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The claims a CIS2 token carries that the gateway reads (CIS2's own names).
 #[derive(Deserialize, Debug, Clone)]
@@ -213,6 +221,22 @@ fn missing_token() -> Error {
     Error::Unauthenticated("a bearer token is required (authorization: Bearer <token>)".into())
 }
 
+/// The token of `authorization: Bearer <token>`.
+fn bearer(headers: &http::HeaderMap) -> Result<&str> {
+    let header = headers.get("authorization").ok_or_else(missing_token)?;
+    let value = header
+        .to_str()
+        .map_err(|_| Error::Unauthenticated("malformed authorization header".into()))?;
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            Error::Unauthenticated("the authorization header must be `Bearer <token>`".into())
+        })
+}
+
 struct VerificationKey {
     key: DecodingKey,
     algorithm: Algorithm,
@@ -235,9 +259,33 @@ struct Verified {
     generation: u64,
 }
 
+/// Why a token did not verify.
+enum Unverified {
+    /// It names a key the set lacks (or there is no set yet): a fetch may bring it.
+    UnknownKey,
+    Refused(Error),
+}
+
+impl From<Error> for Unverified {
+    fn from(e: Error) -> Self {
+        Unverified::Refused(e)
+    }
+}
+
+type TokenHash = [u8; 32];
+
+fn token_hash(token: &str) -> TokenHash {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut hash = [0; 32];
+    hash.copy_from_slice(digest.as_ref());
+    hash
+}
+
 struct Inner {
     keys: Latest<KeySet>,
-    cache: RwLock<HashMap<String, Verified>>,
+    /// Set when the keys come from the identity provider: asks it for a fetch.
+    refresher: Option<Arc<keys::Refresher>>,
+    cache: RwLock<HashMap<TokenHash, Verified>>,
     issuer: String,
     audience: String,
 }
@@ -306,6 +354,37 @@ impl Authenticator {
         Ok(Self::with_keys(keys, issuer, audience))
     }
 
+    /// The identity provider's keys ([`crate::keys`]): waits up to the settings' start wait
+    /// for the first set; without one by then, tokens are answered `UNAVAILABLE` (not
+    /// refused) until it arrives.
+    pub async fn from_provider(
+        settings: keys::Settings,
+        issuer: String,
+        audience: String,
+    ) -> Result<Self> {
+        let (keys, refresher) = keys::start(settings, KeySet::default(), parse_jwks).await?;
+        let mut auth = Self::with_keys(keys, issuer, audience);
+        if let Some(inner) = Arc::get_mut(&mut auth.inner) {
+            inner.refresher = Some(refresher);
+        }
+        Ok(auth)
+    }
+
+    fn has_keys(&self) -> bool {
+        self.inner.keys.borrow().generation != 0
+    }
+
+    /// Whether the keys come from the identity provider and none has arrived yet.
+    pub fn awaiting_keys(&self) -> bool {
+        self.inner.refresher.is_some() && !self.has_keys()
+    }
+
+    /// Returns once a key set is loaded.
+    pub async fn keys_loaded(&self) {
+        let mut keys = self.inner.keys.clone();
+        let _ = keys.wait_for(|k| k.generation != 0).await;
+    }
+
     /// No key set configured: every user token is refused.
     pub fn without_keys(issuer: String, audience: String) -> Self {
         let (_, keys) = tokio::sync::watch::channel(Arc::new(KeySet::default()));
@@ -316,6 +395,7 @@ impl Authenticator {
         Authenticator {
             inner: Arc::new(Inner {
                 keys,
+                refresher: None,
                 cache: RwLock::new(HashMap::new()),
                 issuer,
                 audience,
@@ -324,8 +404,35 @@ impl Authenticator {
     }
 
     /// The principal of a call carrying `authorization: Bearer <token>`.
-    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<(Principal, u64)> {
-        self.authenticate_headers(metadata.as_ref())
+    pub async fn authenticate(&self, metadata: &MetadataMap) -> Result<(Principal, u64)> {
+        let token = bearer(metadata.as_ref())?;
+        match self.check(token) {
+            Err(Unverified::UnknownKey) => {
+                if let Some(mut fetched) = self.ask_for_keys() {
+                    let _ = tokio::time::timeout(UNKNOWN_KEY_WAIT, fetched.changed()).await;
+                }
+                self.verify_until(token)
+            }
+            decided => decided.map_err(|u| self.refusal(u)),
+        }
+    }
+
+    /// A fetch of the provider's keys, to wait for (`None`: no provider, or fetched too
+    /// recently to fetch again).
+    fn ask_for_keys(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.refresher.as_ref().and_then(|r| r.ask())
+    }
+
+    fn refusal(&self, why: Unverified) -> Error {
+        match why {
+            Unverified::Refused(e) => e,
+            Unverified::UnknownKey if self.awaiting_keys() => {
+                Error::unavailable("the identity provider's keys (not fetched yet)")
+            }
+            Unverified::UnknownKey => {
+                Error::Unauthenticated("invalid token: signed by an unknown key".into())
+            }
+        }
     }
 
     /// Admission, from the headers alone: a call with a bearer token is admitted only if the
@@ -337,38 +444,54 @@ impl Authenticator {
         let auth = self.clone();
         Arc::new(move |headers, extensions| {
             if headers.contains_key("authorization") {
-                let (principal, expires_at) = auth.authenticate_headers(headers)?;
-                extensions.insert(Admitted {
-                    principal,
-                    expires_at,
-                });
-                return Ok(());
+                return auth.admit_token(headers, extensions);
             }
             let has_certificate = extensions
                 .get::<platform::tls::PeerInfo>()
                 .is_some_and(|p| !p.client_sans.is_empty());
-            if has_certificate {
+            Verdict::Now(if has_certificate {
                 Ok(())
             } else {
                 Err(missing_token())
-            }
+            })
         })
     }
 
-    fn authenticate_headers(&self, headers: &http::HeaderMap) -> Result<(Principal, u64)> {
-        let header = headers.get("authorization").ok_or_else(missing_token)?;
-        let value = header
-            .to_str()
-            .map_err(|_| Error::Unauthenticated("malformed authorization header".into()))?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                Error::Unauthenticated("the authorization header must be `Bearer <token>`".into())
-            })?;
-        self.verify_until(token)
+    /// A token that verifies is admitted at once; one naming an unknown key waits (off the
+    /// permits, its body unread) for the fetch it asked for, or shares one in flight.
+    fn admit_token(&self, headers: &http::HeaderMap, extensions: &mut http::Extensions) -> Verdict {
+        let admitted = |(principal, expires_at)| Admitted {
+            principal,
+            expires_at,
+        };
+        let token = match bearer(headers) {
+            Ok(token) => token,
+            Err(e) => return Verdict::Now(Err(e)),
+        };
+        match self.check(token) {
+            Ok(verified) => {
+                extensions.insert(admitted(verified));
+                Verdict::Now(Ok(()))
+            }
+            Err(Unverified::UnknownKey) => match self.ask_for_keys() {
+                Some(mut fetched) => {
+                    let auth = self.clone();
+                    let token = token.to_owned();
+                    Verdict::Later(Box::pin(async move {
+                        let _ = tokio::time::timeout(UNKNOWN_KEY_WAIT, fetched.changed()).await;
+                        let mut extensions = http::Extensions::new();
+                        extensions.insert(admitted(auth.verify_until(&token)?));
+                        Ok(extensions)
+                    }))
+                }
+                // Fetched too recently to fetch again: judged with the keys there are (a
+                // fetch may have just finished).
+                None => Verdict::Now(self.verify_until(token).map(|verified| {
+                    extensions.insert(admitted(verified));
+                })),
+            },
+            Err(refused) => Verdict::Now(Err(self.refusal(refused))),
+        }
     }
 
     pub fn verify(&self, token: &str) -> Result<Principal> {
@@ -378,14 +501,19 @@ impl Authenticator {
     /// The token's principal and its expiry (`exp`, seconds since the epoch): a long stream
     /// opened with it ends then.
     pub fn verify_until(&self, token: &str) -> Result<(Principal, u64)> {
+        self.check(token).map_err(|why| self.refusal(why))
+    }
+
+    fn check(&self, token: &str) -> std::result::Result<(Principal, u64), Unverified> {
         let now = jsonwebtoken::get_current_timestamp();
         let keys = Arc::clone(&self.inner.keys.borrow());
+        let hash = token_hash(token);
         if let Some(hit) = self
             .inner
             .cache
             .read()
             .ok()
-            .and_then(|c| c.get(token).cloned())
+            .and_then(|c| c.get(&hash).cloned())
             && hit.exp > now
             && hit.generation == keys.generation
         {
@@ -404,12 +532,16 @@ impl Authenticator {
                 exp,
                 generation: keys.generation,
             };
-            cache.insert(token.to_owned(), verified);
+            cache.insert(hash, verified);
         }
         Ok((principal, exp))
     }
 
-    fn verify_uncached(&self, token: &str, keys: &KeySet) -> Result<(Principal, u64)> {
+    fn verify_uncached(
+        &self,
+        token: &str,
+        keys: &KeySet,
+    ) -> std::result::Result<(Principal, u64), Unverified> {
         let refuse = |why: &str| Error::Unauthenticated(format!("invalid token: {why}"));
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| refuse("malformed or unsupported header"))?;
@@ -417,9 +549,9 @@ impl Authenticator {
             Some(kid) => keys.by_id.get(kid).cloned(),
             None => keys.anonymous.first().cloned(),
         }
-        .ok_or_else(|| refuse("signed by an unknown key"))?;
+        .ok_or(Unverified::UnknownKey)?;
         if header.alg != key.algorithm {
-            return Err(refuse("algorithm not allowed for its key"));
+            return Err(refuse("algorithm not allowed for its key").into());
         }
         let mut validation = Validation::new(key.algorithm);
         validation.algorithms = vec![key.algorithm];
@@ -546,7 +678,11 @@ mod tests {
         assert_eq!(p.user_name, "Dr Alex Jones");
         assert_eq!(p.assurance_level, 3);
         // The privacy officer profile at RQY grants nothing while RQX's is selected.
-        assert!(!p.activities.iter().any(|a| a == "CPIS_AUDIT" || a == "B0170"));
+        assert!(
+            !p.activities
+                .iter()
+                .any(|a| a == "CPIS_AUDIT" || a == "B0170")
+        );
 
         // Selecting the other profile makes the same user that profile's caller.
         let mut c = claims(600, "cpis-dev", "cpis");
@@ -589,7 +725,8 @@ mod tests {
             reason_of(&auth, &bad_org),
             Some(reasons::ROLE_PROFILE_INVALID)
         );
-        let bad_role = with(&|c| c["nhsid_nrbac_roles"][0]["role_code"] = serde_json::json!("S8000:G8000"));
+        let bad_role =
+            with(&|c| c["nhsid_nrbac_roles"][0]["role_code"] = serde_json::json!("S8000:G8000"));
         assert_eq!(
             reason_of(&auth, &bad_role),
             Some(reasons::ROLE_PROFILE_INVALID)
@@ -740,18 +877,18 @@ mod tests {
         assert!(refused(&auth, &confused));
     }
 
-    #[test]
-    fn missing_or_malformed_authorization_is_unauthenticated() {
+    #[tokio::test]
+    async fn missing_or_malformed_authorization_is_unauthenticated() {
         let s = signer();
         let auth = authenticator(&s);
         let mut md = MetadataMap::new();
         assert!(matches!(
-            auth.authenticate(&md),
+            auth.authenticate(&md).await,
             Err(Error::Unauthenticated(_))
         ));
         md.insert("authorization", "Basic abc".parse().unwrap());
         assert!(matches!(
-            auth.authenticate(&md),
+            auth.authenticate(&md).await,
             Err(Error::Unauthenticated(_))
         ));
         md.insert(
@@ -763,7 +900,7 @@ mod tests {
             .parse()
             .unwrap(),
         );
-        assert!(auth.authenticate(&md).is_ok());
+        assert!(auth.authenticate(&md).await.is_ok());
     }
 
     #[test]
@@ -778,7 +915,10 @@ mod tests {
         assert!(refused(&auth, &sign(&s, "k1", &c)));
         let mut c = claims(600, "cpis-dev", "cpis");
         c["name"] = serde_json::json!("Dr \u{202e}senoJ");
-        assert!(refused(&auth, &sign(&s, "k1", &c)), "a bidi override in a name");
+        assert!(
+            refused(&auth, &sign(&s, "k1", &c)),
+            "a bidi override in a name"
+        );
     }
 
     #[test]

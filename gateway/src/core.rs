@@ -109,6 +109,7 @@ impl Core {
             return self
                 .auth
                 .authenticate(metadata)
+                .await
                 .map(|(p, exp)| (p, Some(exp)));
         }
         let peer = extensions.get::<PeerInfo>().cloned().unwrap_or_default();
@@ -116,6 +117,7 @@ impl Core {
             return self
                 .auth
                 .authenticate(metadata)
+                .await
                 .map(|(p, exp)| (p, Some(exp)));
         };
         let deadline = Deadline::after(std::time::Duration::from_secs(5));
@@ -142,6 +144,7 @@ impl Core {
             role_code: String::new(),
             activities: resolved.activities,
             organisation_name: resolved.organisation_name,
+            ..Principal::default()
         };
         Ok((principal, None))
     }

@@ -11,6 +11,7 @@ mod backends;
 mod calls;
 mod core;
 mod deadline;
+mod keys;
 mod limits;
 mod lookup;
 mod obligations;
@@ -51,6 +52,76 @@ pub const SERVICES: [&str; 4] = [
 pub const DEFAULT_MAX_WATCHES: usize = 1024;
 pub const DEFAULT_MAX_WATCHES_PER_ORGANISATION: usize = 8;
 pub const DEFAULT_WATCH_RECHECK_SECONDS: u64 = 30;
+pub const DEFAULT_JWKS_REFRESH_SECONDS: u64 = 300;
+pub const DEFAULT_JWKS_MIN_REFRESH_SECONDS: u64 = 10;
+pub const DEFAULT_JWKS_START_WAIT_SECONDS: u64 = 30;
+
+/// Where user tokens' keys come from besides `--jwks-file`: the identity provider (NHS CIS2),
+/// over HTTPS. At most one of `--jwks-file`, `--jwks-url` and `--oidc-issuer`.
+#[derive(Args, Debug, Clone)]
+pub struct IdentityProviderArgs {
+    /// The identity provider's issuer URL (`https://`): its OpenID Connect discovery document
+    /// (`<issuer>/.well-known/openid-configuration`) names the key set, and must name
+    /// `--token-issuer` as its issuer.
+    #[arg(long, env = "CPIS_OIDC_ISSUER", conflicts_with_all = ["jwks_url", "jwks_file"])]
+    pub oidc_issuer: Option<String>,
+
+    /// The identity provider's key set URL (`https://`), without discovery.
+    #[arg(long, env = "CPIS_JWKS_URL", conflicts_with = "jwks_file")]
+    pub jwks_url: Option<String>,
+
+    /// CA certificates (PEM) trusted for the identity provider besides the system's roots
+    /// (which `SSL_CERT_FILE` and `SSL_CERT_DIR` replace).
+    #[arg(long, env = "CPIS_OIDC_CA_FILE")]
+    pub oidc_ca_file: Option<PathBuf>,
+
+    /// Seconds between fetches of the provider's keys when nothing asks sooner (a token
+    /// naming an unknown key asks at once).
+    #[arg(long, env = "CPIS_JWKS_REFRESH_SECONDS", default_value_t = DEFAULT_JWKS_REFRESH_SECONDS)]
+    pub jwks_refresh_seconds: u64,
+
+    /// The least seconds between two fetches of the provider's keys, however many tokens
+    /// name unknown keys.
+    #[arg(long, env = "CPIS_JWKS_MIN_REFRESH_SECONDS", default_value_t = DEFAULT_JWKS_MIN_REFRESH_SECONDS)]
+    pub jwks_min_refresh_seconds: u64,
+
+    /// Seconds start-up waits for the provider's first key set before serving NOT_SERVING
+    /// until it arrives (tests shorten it).
+    #[arg(long, env = "CPIS_JWKS_START_WAIT_SECONDS", default_value_t = DEFAULT_JWKS_START_WAIT_SECONDS, hide = true)]
+    pub jwks_start_wait_seconds: u64,
+}
+
+impl Default for IdentityProviderArgs {
+    fn default() -> Self {
+        IdentityProviderArgs {
+            oidc_issuer: None,
+            jwks_url: None,
+            oidc_ca_file: None,
+            jwks_refresh_seconds: DEFAULT_JWKS_REFRESH_SECONDS,
+            jwks_min_refresh_seconds: DEFAULT_JWKS_MIN_REFRESH_SECONDS,
+            jwks_start_wait_seconds: DEFAULT_JWKS_START_WAIT_SECONDS,
+        }
+    }
+}
+
+impl IdentityProviderArgs {
+    fn settings(&self, expected_issuer: &str) -> Option<keys::Settings> {
+        let source = match (&self.oidc_issuer, &self.jwks_url) {
+            (Some(issuer), _) => keys::Source::Issuer(issuer.clone()),
+            (None, Some(url)) => keys::Source::JwksUrl(url.clone()),
+            (None, None) => return None,
+        };
+        let seconds = |n: u64| std::time::Duration::from_secs(n);
+        Some(keys::Settings {
+            source,
+            expected_issuer: expected_issuer.to_owned(),
+            ca_file: self.oidc_ca_file.clone(),
+            refresh_every: seconds(self.jwks_refresh_seconds.max(1)),
+            min_interval: seconds(self.jwks_min_refresh_seconds.max(1)),
+            start_wait: seconds(self.jwks_start_wait_seconds),
+        })
+    }
+}
 
 #[derive(Args, Debug, Clone)]
 pub struct GatewayArgs {
@@ -82,6 +153,9 @@ pub struct GatewayArgs {
     /// JSON Web Key Set whose keys sign user tokens (re-read when it changes).
     #[arg(long, env = "CPIS_JWKS_FILE")]
     pub jwks_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub identity_provider: IdentityProviderArgs,
 
     /// The `iss` every user token must carry.
     #[arg(long, env = "CPIS_TOKEN_ISSUER", default_value = "cpis-dev")]
@@ -181,27 +255,52 @@ async fn serve(
     shutdown: Shutdown,
 ) -> platform::Result<Running> {
     let readiness = Readiness::new(tonic_health::server::HealthReporter::new(), &SERVICES).await;
-    // Ready from the start until shutdown: the gateway can always answer its own calls (with
-    // UNAVAILABLE and RetryInfo while a backend is away), so a backend blip never empties the
-    // load balancer. How the backends answer is monitored apart.
-    readiness.set_dependency_ready(true).await;
     tokio::spawn(backends::monitor(
         backends.clone(),
         readiness.reporter(),
         shutdown.clone(),
     ));
 
-    let auth = match &args.jwks_file {
-        Some(path) => Authenticator::from_file(
+    let provider = args.identity_provider.settings(&args.token_issuer);
+    let auth = match (&args.jwks_file, provider) {
+        (Some(path), _) => Authenticator::from_file(
             path.clone(),
             args.token_issuer.clone(),
             args.token_audience.clone(),
         )?,
-        None => {
-            tracing::warn!("no --jwks-file: every user token will be refused");
+        (None, Some(settings)) => {
+            Authenticator::from_provider(
+                settings,
+                args.token_issuer.clone(),
+                args.token_audience.clone(),
+            )
+            .await?
+        }
+        (None, None) => {
+            tracing::warn!(
+                "no --jwks-file, --jwks-url or --oidc-issuer: every user token will be refused"
+            );
             Authenticator::without_keys(args.token_issuer.clone(), args.token_audience.clone())
         }
     };
+    // Ready from the start until shutdown: the gateway can always answer its own calls (with
+    // UNAVAILABLE and RetryInfo while a backend is away), so a backend blip never empties the
+    // load balancer. How the backends answer is monitored apart. The one exception is the
+    // identity provider's first key set: without it no user call can be answered, so the pod
+    // stays NOT_SERVING until it arrives (start-up waited for it already).
+    if auth.awaiting_keys() {
+        tracing::warn!(
+            "no key set from the identity provider yet: NOT_SERVING until its keys arrive"
+        );
+        let (auth, readiness) = (auth.clone(), readiness.clone());
+        tokio::spawn(async move {
+            auth.keys_loaded().await;
+            tracing::info!("the identity provider's first key set arrived: SERVING");
+            readiness.set_dependency_ready(true).await;
+        });
+    } else {
+        readiness.set_dependency_ready(true).await;
+    }
     let core = Arc::new(core::Core {
         backends,
         auth,

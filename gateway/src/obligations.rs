@@ -62,6 +62,8 @@ pub fn principal_of(o: &Obligation) -> Principal {
         role_code: o.role_code.clone(),
         activities: vec![Activity::NotifyingLookup.code().to_owned()],
         organisation_name: o.organisation_name.clone(),
+        // Only access-service decides on assurance, and it decided this lookup already.
+        ..Principal::default()
     }
 }
 
@@ -518,7 +520,10 @@ mod tests {
             .unwrap();
         let decided = access_service::decide::AccessDecisions::spawn(conn.clone())
             .decide(cpis_proto::access::DecideRequest {
-                principal: Some(principal_of(&obligation("unused"))),
+                principal: Some(Principal {
+                    assurance_level: 3,
+                    ..principal_of(&obligation("unused"))
+                }),
                 action: "LookupChild".into(),
                 nhs_number: "9434765919".into(),
                 access_kind: cpis_proto::gateway::AccessKind::Unscheduled.into(),

@@ -136,6 +136,20 @@ class CheckRendered(unittest.TestCase):
             c["volumeMounts"] = [m for m in c["volumeMounts"] if m["name"] != "database"]
         self.broken(change, "CPIS_DATABASE_URL_FILE=/etc/cpis/secrets/database/url is on no mounted volume")
 
+    def test_the_datastore_ca_on_no_volume(self):
+        def change(docs):
+            c = container(docs, "Job", "attendance-service-migrate")
+            c["volumeMounts"] = [m for m in c["volumeMounts"] if m["name"] != "datastore-ca"]
+        self.broken(change, "CPIS_DATASTORE_CA_FILE=/etc/cpis/datastore-ca/ca.crt is on no mounted volume")
+
+    def test_a_backend_that_does_not_require_datastore_tls(self):
+        def change(docs):
+            config = next(d for d in docs if d["kind"] == "ConfigMap"
+                          and d["metadata"]["name"].startswith("flag-service-config"))
+            config["data"].pop("CPIS_REQUIRE_DATASTORE_TLS")
+        self.broken(change, "Deployment/flag-service: container flag-service: CPIS_REQUIRE_DATASTORE_TLS is not true",
+                    "Job/flag-service-migrate: container migrate: CPIS_REQUIRE_DATASTORE_TLS is not true")
+
     def test_a_podmonitor_field_the_schema_does_not_know(self):
         def change(docs):
             find(docs, "PodMonitor", "cpis")["spec"]["podMetricsEndpoints"][0]["prot"] = "metrics"

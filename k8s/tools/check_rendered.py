@@ -11,6 +11,9 @@
    --prod: no CA Certificate in the overlay (the internal CA lives in k8s/pki).
 3. References: every Secret, ConfigMap and ServiceAccount a pod template uses is rendered, is a
    Certificate's Secret, or is listed in --operator-secrets, key by key; each listed one is used.
+   A file setting is on a mounted volume (the URL files and the datastore CA in every pod, any
+   CPIS_*_FILE in a serving one). --prod: every pod reaching a datastore (backend, migration)
+   sets CPIS_REQUIRE_DATASTORE_TLS=true.
    A PodMonitor selects serving pods that have the port it scrapes.
 4. Drain timing of every serving Deployment (component gateway or backend): a preStop sleep;
    terminationGracePeriodSeconds >= preStop + the container's CPIS_GRACE_PERIOD + margin;
@@ -51,6 +54,9 @@ PHASE_LABEL = "cpis/deploy-phase"
 DEFAULT_GRACE_PERIOD = 20  # platform/src/config.rs, --grace-period
 MIGRATION_PORTS = {53, 5432, 4317}
 READ_AT_PARSE = {"CPIS_DATABASE_URL_FILE", "CPIS_REDIS_URL_FILE"}  # platform/src/config.rs
+# Read at start by every command, `migrate` too (platform/src/runtime.rs)
+READ_AT_START = {"CPIS_DATASTORE_CA_FILE"}
+DATASTORE_COMPONENTS = {"backend", "migration"}
 
 errors = []
 
@@ -342,8 +348,13 @@ def main():
             # as it parses its arguments.
             mounts = [m["mountPath"].rstrip("/") + "/" for m in c.get("volumeMounts", [])]
             component = pod_template(d)["metadata"].get("labels", {}).get("app.kubernetes.io/component")
-            for k, v in effective_env(c, configmaps).items():
-                read = k in READ_AT_PARSE or (component in SERVING and re.fullmatch(r"CPIS_\w+_FILE", k))
+            env = effective_env(c, configmaps)
+            if args.prod and component in DATASTORE_COMPONENTS \
+                    and env.get("CPIS_REQUIRE_DATASTORE_TLS") != "true":
+                fail(f"{kn(d)}: container {c['name']}: CPIS_REQUIRE_DATASTORE_TLS is not true "
+                     "(prod reaches its datastores over verified TLS only)")
+            for k, v in env.items():
+                read = k in READ_AT_PARSE or k in READ_AT_START or (component in SERVING and re.fullmatch(r"CPIS_\w+_FILE", k))
                 if read and v and not any(v.startswith(m) for m in mounts):
                     fail(f"{kn(d)}: container {c['name']}: {k}={v} is on no mounted volume")
     for name in sorted(set(operator) - used_operator):

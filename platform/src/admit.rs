@@ -5,14 +5,32 @@
 //! probes and tooling keep working.
 
 use crate::error::Error;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
 /// Decides from a call's headers and connection (its extensions carry
 /// [`crate::tls::PeerInfo`]); may leave what it verified in the extensions for the handler.
-pub type Admit =
-    Arc<dyn Fn(&http::HeaderMap, &mut http::Extensions) -> Result<(), Error> + Send + Sync>;
+pub type Admit = Arc<dyn Fn(&http::HeaderMap, &mut http::Extensions) -> Verdict + Send + Sync>;
+
+/// What admission decided.
+pub enum Verdict {
+    /// Decided from the headers alone (almost every call).
+    Now(Result<(), Error>),
+    /// Decided once something the decision needs has arrived (the gateway waiting, briefly,
+    /// for the identity provider's keys when a token names a key it has not seen). Meanwhile
+    /// the body waits unread and no load-shedding permit is held; the extensions the future
+    /// yields are added to the call's.
+    Later(Pin<Box<dyn Future<Output = Result<http::Extensions, Error>> + Send>>),
+}
+
+impl From<Result<(), Error>> for Verdict {
+    fn from(decided: Result<(), Error>) -> Self {
+        Verdict::Now(decided)
+    }
+}
 
 #[derive(Clone)]
 pub struct AdmitLayer {
@@ -62,18 +80,35 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+        let refuse = |e: Error, body: ReqBody| {
+            // The body is dropped unread: nothing buffered, nothing reserved.
+            drop(body);
+            tonic::Status::from(e).into_http()
+        };
         if let Some(admit) = &self.admit
             && !crate::server::is_probe(request.uri().path())
         {
-            let (parts, body) = request.into_parts();
-            let (mut parts, body) = (parts, body);
-            if let Err(e) = admit(&parts.headers, &mut parts.extensions) {
-                // The body is dropped unread: nothing buffered, nothing reserved.
-                drop(body);
-                let status = tonic::Status::from(e);
-                return Box::pin(async move { Ok(status.into_http()) });
+            let (mut parts, body) = request.into_parts();
+            match admit(&parts.headers, &mut parts.extensions) {
+                Verdict::Now(Ok(())) => request = http::Request::from_parts(parts, body),
+                Verdict::Now(Err(e)) => {
+                    let refused = refuse(e, body);
+                    return Box::pin(async move { Ok(refused) });
+                }
+                Verdict::Later(decision) => {
+                    // The inner service is called (and takes its permit) only once admitted.
+                    let mut inner = crate::server::take_ready(&mut self.inner);
+                    return Box::pin(async move {
+                        match decision.await {
+                            Ok(extensions) => {
+                                parts.extensions.extend(extensions);
+                                inner.call(http::Request::from_parts(parts, body)).await
+                            }
+                            Err(e) => Ok(refuse(e, body)),
+                        }
+                    });
+                }
             }
-            request = http::Request::from_parts(parts, body);
         }
         Box::pin(crate::server::take_ready(&mut self.inner).call(request))
     }
@@ -108,9 +143,9 @@ mod tests {
         let reached = Arc::new(AtomicUsize::new(0));
         let admit: Admit = Arc::new(|headers, _| {
             if headers.contains_key("authorization") {
-                Ok(())
+                Verdict::Now(Ok(()))
             } else {
-                Err(Error::Unauthenticated("no token".into()))
+                Verdict::Now(Err(Error::Unauthenticated("no token".into())))
             }
         });
         let service = AdmitLayer::new(Some(admit)).layer(Counting(reached.clone()));
@@ -135,5 +170,35 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(reached.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_later_verdict_reaches_the_service_only_if_it_admits() {
+        let reached = Arc::new(AtomicUsize::new(0));
+        let admit: Admit = Arc::new(|headers, _| {
+            let token = headers.contains_key("authorization");
+            Verdict::Later(Box::pin(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                if token {
+                    Ok(http::Extensions::new())
+                } else {
+                    Err(Error::Unauthenticated("no token".into()))
+                }
+            }))
+        });
+        let service = AdmitLayer::new(Some(admit)).layer(Counting(reached.clone()));
+        let call = |token: bool| {
+            let mut b =
+                http::Request::builder().uri("/cpis.gateway.v1.ChildProtection/LookupChild");
+            if token {
+                b = b.header("authorization", "Bearer x");
+            }
+            service.clone().oneshot(b.body(()).unwrap())
+        };
+        let refused = call(false).await.unwrap();
+        assert_eq!(refused.headers().get("grpc-status").unwrap(), "16");
+        assert_eq!(reached.load(Ordering::SeqCst), 0);
+        call(true).await.unwrap();
+        assert_eq!(reached.load(Ordering::SeqCst), 1);
     }
 }

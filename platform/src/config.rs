@@ -43,6 +43,27 @@ pub struct DatabaseArgs {
         conflicts_with = "database_url"
     )]
     pub database_url_file: Option<SecretFile>,
+
+    #[command(flatten)]
+    pub datastore_tls: DatastoreTlsArgs,
+}
+
+/// How a service reaches its datastores (PostgreSQL and Redis) over TLS; read at start. The
+/// checks and the certificate handling are in [`crate::datastore`].
+#[derive(Args, Debug, Clone, Default)]
+pub struct DatastoreTlsArgs {
+    /// A PEM CA bundle that PostgreSQL's and Redis' server certificates must chain to, trusted
+    /// besides the default roots (webpki's for PostgreSQL; for Redis it replaces the system
+    /// store). Read once at start: a new CA takes a restart. For PostgreSQL use it with
+    /// `sslmode=verify-full` (`sslrootcert=` in the URL works too); for Redis with `rediss://`.
+    #[arg(long, env = "CPIS_DATASTORE_CA_FILE", value_name = "PATH")]
+    pub datastore_ca_file: Option<PathBuf>,
+
+    /// Refuse to start with a datastore URL that could connect without verified TLS: a
+    /// PostgreSQL URL whose effective sslmode is not `verify-full`, a `redis://` (not
+    /// `rediss://`) or `#insecure` Redis URL, or SQLite. On in production.
+    #[arg(long, env = "CPIS_REQUIRE_DATASTORE_TLS")]
+    pub require_datastore_tls: bool,
 }
 
 impl DatabaseArgs {
@@ -313,6 +334,7 @@ impl ServeArgs {
                 data_dir,
                 database_url: None,
                 database_url_file: None,
+                datastore_tls: DatastoreTlsArgs::default(),
             },
             redis_url: None,
             redis_url_file: None,

@@ -1,7 +1,12 @@
 //! One way to reach a service's own database: SQLite under the data directory by default,
 //! PostgreSQL by URL; sea-orm migrations run under a lock so replicas can start together.
+//! Services connect with [`connect_with`] and [`migrate_with`], which apply the datastore TLS
+//! settings ([`crate::datastore`]): the CA file for `sslmode=verify-full`, and the refusal of
+//! plaintext URLs when TLS is required. [`connect`] and [`migrate`] are the same without them,
+//! for tests and tools.
 
 use crate::config::{DatabaseArgs, MigrateMode};
+use crate::datastore::DatastoreTls;
 use crate::error::{Error, Result};
 use crate::health::Readiness;
 use crate::shutdown::Shutdown;
@@ -39,7 +44,7 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-fn options(url: &str, max_connections: u32) -> ConnectOptions {
+fn options(url: &str, max_connections: u32, tls: &DatastoreTls) -> ConnectOptions {
     let mut opts = ConnectOptions::new(url.to_owned());
     opts.max_connections(max_connections)
         .min_connections(0)
@@ -59,21 +64,43 @@ fn options(url: &str, max_connections: u32) -> ConnectOptions {
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true)
         });
+    if let Some(ca) = tls.ca_pem() {
+        // Trusted besides sqlx's webpki roots; `sslmode` (verify-full) says to verify.
+        let ca = ca.to_vec();
+        opts.map_sqlx_postgres_opts(move |o| o.ssl_root_cert_from_pem(ca.clone()));
+    }
     opts
 }
 
-/// A pool that connects on first use.
+/// A pool that connects on first use, without datastore TLS settings (tests and tools).
 pub async fn connect(url: &str) -> Result<DatabaseConnection> {
+    connect_with(url, &DatastoreTls::default()).await
+}
+
+/// A pool that connects on first use, verifying PostgreSQL's certificate against the CA file
+/// if one is set; refused at once if TLS is required and the URL could go without it.
+pub async fn connect_with(url: &str, tls: &DatastoreTls) -> Result<DatabaseConnection> {
+    tls.check_database_url(url)?;
     let max = if url.starts_with("sqlite:") { 8 } else { 16 };
-    Database::connect(options(url, max))
+    Database::connect(options(url, max, tls))
         .await
         .map_err(|e| Error::internal(format!("database configuration: {e}")))
 }
 
+/// [`migrate_with`] without datastore TLS settings (tests and tools).
+pub async fn migrate<M: MigratorTrait>(url: &str, service: &str) -> Result<()> {
+    migrate_with::<M>(url, service, &DatastoreTls::default()).await
+}
+
 /// Runs pending migrations of `M` once, holding a PostgreSQL advisory lock (one migrator at a
 /// time across replicas) or SQLite's own write lock.
-pub async fn migrate<M: MigratorTrait>(url: &str, service: &str) -> Result<()> {
-    let conn = Database::connect(options(url, 1))
+pub async fn migrate_with<M: MigratorTrait>(
+    url: &str,
+    service: &str,
+    tls: &DatastoreTls,
+) -> Result<()> {
+    tls.check_database_url(url)?;
+    let conn = Database::connect(options(url, 1, tls))
         .await
         .map_err(|e| Error::internal(format!("database configuration: {e}")))?;
     let result = async {
@@ -213,6 +240,7 @@ fn advisory_key(service: &str) -> i64 {
 pub async fn keep_ready<M: MigratorTrait>(
     conn: DatabaseConnection,
     url: String,
+    tls: DatastoreTls,
     service: &'static str,
     mode: MigrateMode,
     readiness: Readiness,
@@ -223,7 +251,7 @@ pub async fn keep_ready<M: MigratorTrait>(
     let mut last_problem = String::new();
     loop {
         if !schema_ok {
-            match schema_ready::<M>(&conn, &url, service, mode).await {
+            match schema_ready::<M>(&conn, &url, &tls, service, mode).await {
                 Ok(true) => {
                     schema_ok = true;
                     readiness.set_dependency_ready(true).await;
@@ -263,6 +291,7 @@ pub async fn keep_ready<M: MigratorTrait>(
 async fn schema_ready<M: MigratorTrait>(
     conn: &DatabaseConnection,
     url: &str,
+    tls: &DatastoreTls,
     service: &'static str,
     mode: MigrateMode,
 ) -> Result<bool> {
@@ -280,7 +309,7 @@ async fn schema_ready<M: MigratorTrait>(
             Ok(true)
         }
         SchemaState::Behind(_) if mode == MigrateMode::Auto => {
-            migrate::<M>(url, service).await?;
+            migrate_with::<M>(url, service, tls).await?;
             tracing::info!(service, "database schema migrated and current");
             Ok(true)
         }

@@ -101,6 +101,9 @@ impl Error {
             DenyReason::MissingActivity => {
                 "the caller's role does not hold the activity this call needs"
             }
+            DenyReason::InsufficientAssurance => {
+                "the caller signed in at an authentication assurance level below what a lookup needs"
+            }
             DenyReason::OrganisationNotOnboarded => {
                 "the caller's organisation is not onboarded to cpis for this kind of call"
             }

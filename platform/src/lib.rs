@@ -1,7 +1,7 @@
 //! What every cpis service shares, so each concern is done one way: configuration
 //! ([`config`]), validated domain types ([`domain`]), the one error type and its mapping to
 //! gRPC statuses ([`error`]), the database and its migrations ([`database`]), the optional
-//! Redis cache ([`cache`]), health ([`health`]), serving with reflection and graceful stop
+//! Redis cache ([`cache`]), TLS to both and the rule that production refuses plaintext ([`datastore`]), health ([`health`]), serving with reflection and graceful stop
 //! ([`server`]) with callers admitted before they cost anything ([`admit`]) and malformed wire input answered as bad input ([`wire`]), shutdown
 //! ([`shutdown`]), the principal the gateway forwards ([`principal`]), AIP-158 pages
 //! ([`pagination`]), one validator per public request message ([`requests`]), files re-read on change
@@ -16,6 +16,7 @@ pub mod admit;
 pub mod cache;
 pub mod config;
 pub mod database;
+pub mod datastore;
 pub mod domain;
 pub mod error;
 pub mod health;

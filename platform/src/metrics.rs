@@ -16,6 +16,9 @@
 //!   at each scrape);
 //! - flag-service's outbox: `cpis_notification_backlog{la}`, notifications beyond each LA's
 //!   acknowledged cursor (refreshed from storage periodically and at each scrape);
+//! - the gateway's keys from the identity provider: `cpis_jwks_fetches_total{outcome}`
+//!   (`ok`, `failed`: a failed fetch keeps the last good keys) and
+//!   `cpis_jwks_last_success_timestamp_seconds` (alert on its age);
 //! - capacity: `cpis_calls_in_flight{component}`, load-shedding permits in use
 //!   ([`crate::shed`]), and `cpis_open_watches{component}`, notification watches the gateway
 //!   is relaying, so an attack's state and its return to baseline can be seen.
@@ -62,6 +65,8 @@ pub struct Metrics {
     calls_in_flight: IntGaugeVec,
     open_watches: IntGaugeVec,
     dependency_up: IntGaugeVec,
+    jwks_fetches: IntCounterVec,
+    jwks_last_success: IntGauge,
     refreshes: Mutex<Vec<Refresh>>,
 }
 
@@ -150,6 +155,19 @@ fn build() -> prometheus::Result<Metrics> {
         ),
         &["component", "dependency"],
     )?;
+    let jwks_fetches = IntCounterVec::new(
+        Opts::new(
+            "cpis_jwks_fetches_total",
+            "Fetches of the identity provider's keys (discovery and JWKS), by outcome (ok or failed)",
+        ),
+        &["outcome"],
+    )?;
+    let jwks_last_success = IntGauge::new(
+        "cpis_jwks_last_success_timestamp_seconds",
+        "When the identity provider's keys were last fetched successfully (seconds since the epoch)",
+    )?;
+    registry.register(Box::new(jwks_fetches.clone()))?;
+    registry.register(Box::new(jwks_last_success.clone()))?;
     registry.register(Box::new(dependency_up.clone()))?;
     registry.register(Box::new(calls_in_flight.clone()))?;
     registry.register(Box::new(open_watches.clone()))?;
@@ -178,6 +196,8 @@ fn build() -> prometheus::Result<Metrics> {
         calls_in_flight,
         open_watches,
         dependency_up,
+        jwks_fetches,
+        jwks_last_success,
         refreshes: Mutex::new(Vec::new()),
     })
 }
@@ -280,6 +300,21 @@ impl Metrics {
     /// The gauge of the watches `component` relays.
     pub fn open_watches(&self, component: &str) -> IntGauge {
         self.open_watches.with_label_values(&[component])
+    }
+
+    /// One fetch of the identity provider's keys ended: `ok` (the time is recorded) or
+    /// `failed`.
+    pub fn jwks_fetched(&self, ok: bool) {
+        let outcome = if ok { "ok" } else { "failed" };
+        self.jwks_fetches.with_label_values(&[outcome]).inc();
+        if ok {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or_default();
+            self.jwks_last_success
+                .set(i64::try_from(now).unwrap_or(i64::MAX));
+        }
     }
 
     /// Replaces the whole backlog gauge: an LA gone from `backlogs` stops being reported.
@@ -438,6 +473,7 @@ mod tests {
         m.audit_queue_depth(4);
         m.obligations(2, 1, Duration::from_secs(90));
         m.notification_backlogs(&[("706".into(), 3)]);
+        m.jwks_fetched(false);
         let text = futures_block_on(m.render());
         for wanted in [
             r#"cpis_rpc_requests_total{code="PERMISSION_DENIED",component="test",method="Call",service="cpis.test.v1.T"} 1"#,
@@ -448,6 +484,8 @@ mod tests {
             "cpis_obligations_failed 1",
             "cpis_obligations_oldest_pending_age_seconds 90",
             r#"cpis_notification_backlog{la="706"} 3"#,
+            r#"cpis_jwks_fetches_total{outcome="failed"} 1"#,
+            "cpis_jwks_last_success_timestamp_seconds 0",
             "cpis_rpc_duration_seconds_bucket",
         ] {
             assert!(text.contains(wanted), "{wanted} missing from:\n{text}");

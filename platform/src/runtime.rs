@@ -4,6 +4,7 @@
 
 use crate::config::{DatabaseArgs, ServeArgs};
 use crate::database;
+use crate::datastore::DatastoreTls;
 use crate::error::{Error, Result};
 use crate::health::Readiness;
 use crate::principal::PeerTrust;
@@ -100,6 +101,35 @@ pub struct BackendContext {
     pub peer_trust: PeerTrust,
 }
 
+impl BackendContext {
+    /// Keeps gauges read from storage current: `refresh` runs every `every` and before each
+    /// scrape, only while the service is ready (its schema present), until shutdown.
+    pub async fn keep_gauges_current<F, Fut>(self, every: std::time::Duration, refresh: F)
+    where
+        F: Fn(DatabaseConnection) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (readiness, db, on_scrape) = (self.readiness.clone(), self.db.clone(), refresh.clone());
+        crate::metrics::metrics().on_scrape(move || {
+            let (db, ready, refresh) = (db.clone(), readiness.is_ready(), on_scrape.clone());
+            async move {
+                if ready {
+                    refresh(db).await;
+                }
+            }
+        });
+        loop {
+            if self.readiness.is_ready() {
+                refresh(self.db.clone()).await;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = self.shutdown.wait() => return,
+            }
+        }
+    }
+}
+
 /// What makes a backend, and all that differs between the three: its name, default port,
 /// migrations, arguments and the routes it serves. Start-up, migration and logging are the
 /// same for every backend ([`Component`] is implemented once, below).
@@ -147,7 +177,8 @@ impl<B: BackendService> Component for B {
 
     async fn migrate(args: DatabaseArgs) -> Result<()> {
         let url = database::database_url(&args, B::NAME)?;
-        database::migrate::<B::Migrator>(&url, B::NAME).await
+        let tls = DatastoreTls::from_args(&args.datastore_tls)?;
+        database::migrate_with::<B::Migrator>(&url, B::NAME, &tls).await
     }
 
     fn log_args(args: &B::Args) -> &crate::config::LogArgs {
@@ -172,13 +203,19 @@ async fn start_backend<M: MigratorTrait + Send + Sync + 'static>(
     };
     let url = database::database_url(&args.database, name)?;
     tracing::info!(service = name, database = %database::redact_url(&url), "starting");
-    let db = database::connect(&url).await?;
+    let tls = DatastoreTls::from_args(&args.database.datastore_tls)?;
+    let db = database::connect_with(&url, &tls).await?;
+    // The Redis URL too, before anything is bound: its client is built later, by the backend.
+    if let Some(redis) = args.redis_url() {
+        tls.check_redis_url(redis)?;
+    }
 
     let reporter = tonic_health::server::HealthReporter::new();
     let readiness = Readiness::new(reporter, services).await;
     tokio::spawn(database::keep_ready::<M>(
         db.clone(),
         url,
+        tls,
         name,
         args.migrate,
         readiness.clone(),

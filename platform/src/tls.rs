@@ -30,6 +30,13 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// Makes aws-lc-rs the process-wide default provider, for clients that build their rustls
+/// configuration on it (redis): the choice is then ours, not left to crate features. Once
+/// installed, later calls change nothing.
+pub fn install_default_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
 fn bad(what: &str, path: &Path, e: impl std::fmt::Display) -> Error {
     Error::FailedPrecondition(format!("{what} {}: {e}", path.display()))
 }

@@ -28,7 +28,8 @@ async fn storage_tests_run_on_postgresql_and_redis_when_configured() {
     }
     match platform::testing::redis_url() {
         Some(url) => {
-            let mut cache = platform::cache::connect(&url)
+            let client = platform::cache::client(&url, &Default::default()).unwrap();
+            let mut cache = platform::cache::connect(client)
                 .await
                 .expect("CPIS_TEST_REDIS_URL must answer");
             let pong: String = redis::cmd("PING").query_async(&mut cache).await.unwrap();

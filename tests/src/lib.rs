@@ -9,6 +9,17 @@ pub mod metrics;
 pub mod system;
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+/// `message` as a request carrying `token` as its bearer, with a deadline of `timeout`.
+pub fn with_token<T>(message: T, token: &str, timeout: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request.set_timeout(timeout);
+    request
+}
 
 /// A workspace binary (`gateway`, `flag-service`, ..., `cpis`), built beside the running
 /// executable (a test under `deps/`, or `cpis-bench`). `tests/run.sh` builds them first

@@ -24,6 +24,9 @@ pub struct Options {
     pub database_urls: Vec<(&'static str, String)>,
     /// An explicit Redis URL for flag-service, instead of the test server's.
     pub redis_url: Option<String>,
+    /// Wait for the gateway to be SERVING before returning (the backends are always waited
+    /// for): a test of a gateway that starts NOT_SERVING, or refuses to start, says no.
+    pub wait_for_gateway: bool,
 }
 
 impl Default for Options {
@@ -33,6 +36,7 @@ impl Default for Options {
             public_tls: false,
             database_urls: Vec::new(),
             redis_url: None,
+            wait_for_gateway: true,
         }
     }
 }
@@ -174,6 +178,14 @@ impl System {
             env.push(kv("CPIS_TLS_CLIENT_CA", path_str(&system_ca_path)));
         }
         env.extend(extra_env("gateway"));
+        // Keys from an identity provider instead of the development key set (the gateway
+        // takes one source only).
+        if env
+            .iter()
+            .any(|(k, _)| k == "CPIS_OIDC_ISSUER" || k == "CPIS_JWKS_URL")
+        {
+            env.retain(|(k, _)| k != "CPIS_JWKS_FILE");
+        }
         let child = spawn("gateway", &env, &dir.path().join("gateway.log"));
         processes.insert("gateway", Process { child, port, env });
 
@@ -186,7 +198,11 @@ impl System {
             gateway_tls: options.public_tls,
             gateway_identity,
         };
-        system.wait_ready().await;
+        if options.wait_for_gateway {
+            system.wait_ready().await;
+        } else {
+            system.wait_backends().await;
+        }
         system
     }
 
@@ -281,6 +297,29 @@ impl System {
         cpis_cli::token::sign_identity(&keys, identity, Duration::from_secs(3600)).unwrap()
     }
 
+    /// Registers each `(ods_code, kind)` as an onboarded organisation named after its code,
+    /// as the national administrator.
+    pub async fn onboard(
+        &self,
+        organisations: &[(&str, cpis_proto::gateway::OrganisationKind)],
+    ) -> Result<(), tonic::Status> {
+        use cpis_proto::gateway as pb;
+        let admin = self.token("admin", "X26", "R0001", &["CPIS_ADMIN"]);
+        let mut client = pb::administration_client::AdministrationClient::new(self.channel());
+        for (ods, kind) in organisations {
+            let request = pb::UpsertOrganisationRequest {
+                ods_code: (*ods).into(),
+                name: format!("Organisation {ods}"),
+                kind: (*kind).into(),
+                onboarded: true,
+            };
+            client
+                .upsert_organisation(crate::with_token(request, &admin, Duration::from_secs(30)))
+                .await?;
+        }
+        Ok(())
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().to_owned()
     }
@@ -289,13 +328,23 @@ impl System {
     /// and its view of the backends (its `backends` health entry). The gateway itself is
     /// ready at once: readiness never follows the backends.
     pub async fn wait_ready(&self) {
+        self.wait_backends().await;
+        self.wait_serving("gateway", self.channel(), "").await;
+        self.wait_serving("gateway", self.channel(), "backends")
+            .await;
+    }
+
+    /// Waits until every backend is SERVING (asked directly, as the gateway).
+    pub async fn wait_backends(&self) {
         for name in BACKENDS {
             let channel = self.backend_channel(name, Some(&self.gateway_identity));
             self.wait_serving(name, channel, "").await;
         }
-        self.wait_serving("gateway", self.channel(), "").await;
-        self.wait_serving("gateway", self.channel(), "backends")
-            .await;
+    }
+
+    /// The gateway's health (`""`), if it answers within a second.
+    pub async fn gateway_health(&self) -> Option<ServingStatus> {
+        status_of(self.channel(), "").await
     }
 
     async fn wait_serving(&self, name: &str, channel: Channel, service: &str) {

@@ -25,11 +25,7 @@ const TRUST: &str = "RQX";
 const SITE: &str = "RQX01";
 
 fn with_token<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
+    cpis_tests::with_token(message, token, Duration::from_secs(60))
 }
 
 struct Attacked {
@@ -59,24 +55,13 @@ async fn started(gateway_env: &[(&str, &str)]) -> Attacked {
         }
     })
     .await;
-    let admin = sys.token("admin", ADMIN_ORG, "R0001", &["CPIS_ADMIN"]);
-    let mut client = AdministrationClient::new(sys.channel());
-    for (ods, kind) in [
+    sys.onboard(&[
         (LA, pb::OrganisationKind::LocalAuthority),
         (OTHER_LA, pb::OrganisationKind::LocalAuthority),
         (TRUST, pb::OrganisationKind::Health),
-    ] {
-        let request = pb::UpsertOrganisationRequest {
-            ods_code: ods.into(),
-            name: format!("Organisation {ods}"),
-            kind: kind.into(),
-            onboarded: true,
-        };
-        client
-            .upsert_organisation(with_token(request, &admin))
-            .await
-            .unwrap();
-    }
+    ])
+    .await
+    .unwrap();
     Attacked {
         la: sys.token("la.worker", LA, "R9000", &["CPIS_LA_MANAGE"]),
         other_la: sys.token("other.worker", OTHER_LA, "R9000", &["CPIS_LA_MANAGE"]),

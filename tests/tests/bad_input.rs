@@ -103,12 +103,7 @@ impl Dev {
 }
 
 fn with_token<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request.set_timeout(Duration::from_secs(30));
-    request
+    cpis_tests::with_token(message, token, Duration::from_secs(30))
 }
 
 struct Tokens {

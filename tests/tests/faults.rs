@@ -13,6 +13,8 @@
 
 mod common;
 
+use cpis_tests::with_token;
+
 use common::infra::{CutProxy, PrivatePostgres, PrivateRedis, create_databases};
 use common::system::{BACKENDS, Options, System};
 use cpis_proto::gateway as pb;
@@ -26,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
-use tonic::{Code, Request, Status};
+use tonic::{Code, Status};
 
 const ADMIN_ORG: &str = "X26";
 const LA: &str = "706";
@@ -41,15 +43,6 @@ fn child(n: u32) -> String {
         .unwrap()
         .as_str()
         .to_owned()
-}
-
-fn with_token<T>(message: T, token: &str, timeout: Duration) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request.set_timeout(timeout);
-    request
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -295,6 +288,7 @@ async fn under_crashes_and_outages_nothing_acknowledged_is_lost_and_no_lookup_is
         public_tls: false,
         database_urls: BACKENDS.iter().map(|b| (*b, proxy.url(b))).collect(),
         redis_url: Some(redis.url()),
+        ..Options::default()
     })
     .await;
     let gateway_pid = sys.pid("gateway");

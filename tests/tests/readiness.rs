@@ -20,12 +20,7 @@ const ADMIN_ORG: &str = "X26";
 const TRUST: &str = "RQX";
 
 fn with_token<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request.set_timeout(Duration::from_secs(10));
-    request
+    cpis_tests::with_token(message, token, Duration::from_secs(10))
 }
 
 fn lookup() -> pb::LookupChildRequest {
@@ -65,6 +60,7 @@ async fn a_database_stop_leaves_every_pod_ready_and_lookups_unavailable_with_ret
         public_tls: false,
         database_urls: BACKENDS.iter().map(|b| (*b, postgres.url(b))).collect(),
         redis_url: None,
+        ..Options::default()
     })
     .await;
     let admin = sys.token("admin", ADMIN_ORG, "R0001", &["CPIS_ADMIN"]);

@@ -26,12 +26,7 @@ const CHILD: &str = "9434765919";
 const OUTAGE: Duration = Duration::from_secs(3);
 
 fn with_token<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request.set_timeout(Duration::from_secs(5));
-    request
+    cpis_tests::with_token(message, token, Duration::from_secs(5))
 }
 
 /// One lookup's start and outcome: `Ok(flagged)` or the failure's code.

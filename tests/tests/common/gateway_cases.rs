@@ -28,12 +28,7 @@ fn child(n: u32) -> String {
 }
 
 fn with_token<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request.set_timeout(Duration::from_secs(10));
-    request
+    cpis_tests::with_token(message, token, Duration::from_secs(10))
 }
 
 struct Tokens {

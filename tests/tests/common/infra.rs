@@ -1,8 +1,9 @@
 //! Private infrastructure a fault test may break at will, never the shared servers: a
 //! PostgreSQL cluster of its own (initdb on a free port, stopped like a crash and started
-//! again), a Redis of its own, and a TCP proxy in front of PostgreSQL that can cut every
-//! connection at once.
+//! again), a Redis of its own, either of them serving TLS only with a certificate the test
+//! made, and a TCP proxy in front of PostgreSQL that can cut every connection at once.
 
+use super::certs::Pem;
 use super::free_port;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -41,6 +42,16 @@ pub struct PrivatePostgres {
 
 impl PrivatePostgres {
     pub fn start() -> PrivatePostgres {
+        Self::start_with(None)
+    }
+
+    /// A cluster with `ssl = on`, serving `server`'s certificate (plaintext connections are
+    /// still accepted: a client that asks for no TLS gets none, as on most servers).
+    pub fn start_tls(server: &Pem) -> PrivatePostgres {
+        Self::start_with(Some(server))
+    }
+
+    fn start_with(tls: Option<&Pem>) -> PrivatePostgres {
         let bin = postgres_bin();
         let dir = tempfile::Builder::new()
             .prefix("cpis-faults-pg-")
@@ -73,8 +84,39 @@ impl PrivatePostgres {
                 .arg(pg.data()),
             "initdb",
         );
+        if let Some(server) = tls {
+            pg.serve_tls(server);
+        }
         pg.start_server();
         pg
+    }
+
+    /// Copies the certificate and key into the cluster (the key owned by postgres, mode 0600,
+    /// as the server insists) and turns TLS on.
+    fn serve_tls(&self, server: &Pem) {
+        let cert = self.data().join("server.crt");
+        let key = self.data().join("server.key");
+        std::fs::copy(&server.cert, &cert).unwrap();
+        std::fs::copy(&server.key, &key).unwrap();
+        run(
+            Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&cert)
+                .arg(&key),
+            "chown the server certificate",
+        );
+        run(
+            Command::new("chmod").arg("0600").arg(&key),
+            "chmod the server key",
+        );
+        let conf = format!(
+            "\nssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+            cert.display(),
+            key.display()
+        );
+        let mut text = std::fs::read_to_string(self.data().join("postgresql.conf")).unwrap();
+        text.push_str(&conf);
+        std::fs::write(self.data().join("postgresql.conf"), text).unwrap();
     }
 
     fn data(&self) -> PathBuf {
@@ -119,6 +161,14 @@ impl PrivatePostgres {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
 
+    /// The URL that insists on TLS and checks the certificate and its name (`localhost`).
+    pub fn verify_full_url(&self, database: &str) -> String {
+        format!(
+            "postgres://postgres@localhost:{}/{database}?sslmode=verify-full",
+            self.port
+        )
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("server.log")
     }
@@ -150,21 +200,46 @@ pub async fn create_databases(admin_url: &str, names: &[&str]) {
 pub struct PrivateRedis {
     pub port: u16,
     child: Option<Child>,
+    /// TLS only (no plaintext port): the server's certificate and the CA file it names.
+    tls: Option<(Pem, PathBuf)>,
 }
 
 impl PrivateRedis {
     pub async fn start() -> PrivateRedis {
+        Self::start_with(None).await
+    }
+
+    /// A Redis speaking TLS only, on `port`, with `server`'s certificate; `ca` is the CA file
+    /// redis-server requires (clients are not asked for certificates).
+    pub async fn start_tls(server: &Pem, ca: &Path) -> PrivateRedis {
+        Self::start_with(Some((server.clone(), ca.to_owned()))).await
+    }
+
+    async fn start_with(tls: Option<(Pem, PathBuf)>) -> PrivateRedis {
         let mut redis = PrivateRedis {
             port: free_port(),
             child: None,
+            tls,
         };
         redis.start_server().await;
         redis
     }
 
     pub async fn start_server(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
+        let mut command = Command::new("redis-server");
+        match &self.tls {
+            None => command.args(["--port", &self.port.to_string()]),
+            Some((server, ca)) => command
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(&server.cert)
+                .arg("--tls-key-file")
+                .arg(&server.key)
+                .arg("--tls-ca-cert-file")
+                .arg(ca)
+                .args(["--tls-auth-clients", "no"]),
+        };
+        let child = command
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -188,8 +263,12 @@ impl PrivateRedis {
         }
     }
 
+    /// `redis://127.0.0.1:port`, or `rediss://localhost:port` (the certificate's name) for TLS.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match self.tls {
+            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(_) => format!("rediss://localhost:{}", self.port),
+        }
     }
 }
 
