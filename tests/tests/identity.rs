@@ -76,8 +76,8 @@ async fn lookup(sys: &System, token: &str, site: &str) -> Result<pb::LookupChild
         .map(tonic::Response::into_inner)
 }
 
-/// The audit records of user `user`, as (action, outcome, reason, role code).
-async fn audited(sys: &System, user: &str) -> Vec<(String, i32, String, String)> {
+/// The audit records of user `user`, as (action, outcome, reason, role code, user name).
+async fn audited(sys: &System, user: &str) -> Vec<(String, i32, String, String, String)> {
     let auditor = sys.token("caldicott", ADMIN_ORG, "R5105", &["CPIS_AUDIT"]);
     let request = pb::ListAuditEventsRequest {
         user_id: user.into(),
@@ -91,8 +91,22 @@ async fn audited(sys: &System, user: &str) -> Vec<(String, i32, String, String)>
         .into_inner()
         .events
         .into_iter()
-        .map(|e| (e.action, e.outcome, e.reason, e.role_code))
+        .map(|e| (e.action, e.outcome, e.reason, e.role_code, e.user_name))
         .collect()
+}
+
+/// Whether the whole audit chain verifies.
+async fn chain_verifies(sys: &System) -> bool {
+    let auditor = sys.token("caldicott", ADMIN_ORG, "R5105", &["CPIS_AUDIT"]);
+    pb::audit_client::AuditClient::new(sys.channel())
+        .verify_audit_log(with_token(
+            pb::VerifyAuditLogRequest { checkpoint: None },
+            &auditor,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .ok
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,4 +217,10 @@ async fn a_lookup_signed_in_at_aal_2_is_insufficient_assurance_and_audited() {
         ],
         "{records:?}"
     );
+    // Who looked is recorded by name too (CIS2's `name`), inside the hash chain.
+    assert!(
+        records.iter().all(|r| r.4 == "Dr 555000000103"),
+        "{records:?}"
+    );
+    assert!(chain_verifies(&sys).await);
 }

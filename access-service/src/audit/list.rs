@@ -50,6 +50,7 @@ pub fn to_event(row: audit_record::Model) -> AuditEvent {
         lookup_id: row.lookup_id,
         hash: row.hash,
         delivery,
+        user_name: row.user_name,
     }
 }
 

@@ -25,6 +25,8 @@ pub struct Resolved {
     pub rules: Caller,
     /// AuditEvent.user_id: the user id, or the system's SAN.
     pub audit_user_id: String,
+    /// AuditEvent.user_name: the user's display name; empty for a system.
+    pub audit_user_name: String,
     pub role_code: String,
     /// Idempotency scope: (user or system, organisation).
     pub scope: String,
@@ -47,6 +49,7 @@ pub fn resolve(identity: &Identity, systems: &HashMap<String, system::Model>) ->
             ods_code,
             activities,
             assurance_level,
+            user_name,
         } => Resolved {
             rules: Caller {
                 kind: CallerKind::User,
@@ -55,6 +58,7 @@ pub fn resolve(identity: &Identity, systems: &HashMap<String, system::Model>) ->
                 assurance_level: *assurance_level,
             },
             audit_user_id: user_id.clone(),
+            audit_user_name: user_name.clone(),
             role_code: role_code.clone(),
             scope: format!("user:{user_id}@{ods_code}"),
         },
@@ -77,6 +81,7 @@ pub fn resolve(identity: &Identity, systems: &HashMap<String, system::Model>) ->
                     assurance_level: 0,
                 },
                 audit_user_id: san.clone(),
+                audit_user_name: String::new(),
                 role_code: String::new(),
             }
         }
@@ -225,6 +230,7 @@ impl Batch {
             self.append(AuditContent {
                 recorded_at: self.now,
                 user_id: caller.audit_user_id.clone(),
+                user_name: caller.audit_user_name.clone(),
                 role_code: caller.role_code.clone(),
                 ods_code: caller.rules.ods_code.as_str().to_owned(),
                 action: input.action.name().to_owned(),
@@ -242,6 +248,7 @@ impl Batch {
             self.append(AuditContent {
                 recorded_at: self.now,
                 user_id: caller.audit_user_id.clone(),
+                user_name: caller.audit_user_name.clone(),
                 role_code: caller.role_code.clone(),
                 ods_code: caller.rules.ods_code.as_str().to_owned(),
                 site_ods_code: input

@@ -12,6 +12,8 @@ use platform::telemetry::is_trace_id;
 use std::collections::BTreeSet;
 
 pub const MAX_ID_LEN: usize = 255;
+/// The longest display name recorded (CIS2 names are far shorter).
+pub const MAX_NAME_LEN: usize = 256;
 
 /// Who asks. A system's organisation and activities are looked up by access-service; what
 /// the request claims for them is never believed.
@@ -24,6 +26,8 @@ pub enum Identity {
         activities: BTreeSet<Activity>,
         /// CIS2's authentication assurance level, as the gateway read it from the token.
         assurance_level: u8,
+        /// The display name, recorded with every decision.
+        user_name: String,
     },
     System {
         san: String,
@@ -81,6 +85,7 @@ pub fn validate(request: DecideRequest) -> Result<DecideInput> {
             } else {
                 v.text("principal.user_id", &p.user_id, MAX_ID_LEN);
                 v.text("principal.role_code", &p.role_code, 64);
+                v.text("principal.user_name", &p.user_name, MAX_NAME_LEN);
                 ods.map(|ods_code| Identity::User {
                     user_id: p.user_id.clone(),
                     role_code: p.role_code.clone(),
@@ -92,6 +97,7 @@ pub fn validate(request: DecideRequest) -> Result<DecideInput> {
                         .filter_map(|a| Activity::from_code(a))
                         .collect(),
                     assurance_level: u8::try_from(p.assurance_level).unwrap_or(u8::MAX),
+                    user_name: p.user_name.clone(),
                 })
             }
         }

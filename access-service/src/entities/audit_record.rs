@@ -28,6 +28,9 @@ pub struct Model {
     pub delivered_first: i64,
     pub delivered_last: i64,
     pub delivered_count: i64,
+    /// The user's display name (CIS2's `name`); empty for a system, and in records written
+    /// before names were recorded.
+    pub user_name: String,
     pub prev_hash: Vec<u8>,
     pub hash: Vec<u8>,
 }

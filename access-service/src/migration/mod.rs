@@ -5,6 +5,7 @@ use sea_orm_migration::prelude::*;
 mod m0001_initial;
 mod m0002_obligation_retries;
 mod m0003_watch_delivery;
+mod m0004_audit_user_name;
 
 pub struct Migrator;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0001_initial::Migration),
             Box::new(m0002_obligation_retries::Migration),
             Box::new(m0003_watch_delivery::Migration),
+            Box::new(m0004_audit_user_name::Migration),
         ]
     }
 }
